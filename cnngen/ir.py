@@ -1,0 +1,118 @@
+"""The graph a spec becomes: named, typed nodes in topological order. Immutable.
+
+Shapes never include the batch dimension, which stays free: ``(C,)``, ``(C, L)`` or
+``(C, H, W)``. ``str()`` of any of these types prints something a person can read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A float32 activation shape without the batch dimension."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(["N", *map(str, self.shape)]) + ")"
+
+
+def frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Node:
+    """One layer after validation and shape inference.
+
+    ``attrs`` are normalised (tuples per spatial dimension, padding resolved to explicit
+    ``(begin, end)`` pairs). ``params`` are the trainable parameter shapes, ``state`` the
+    non-trainable buffers (batch-norm running statistics).
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    in_types: tuple[TensorType, ...]
+    out: TensorType
+    params: Mapping[str, tuple[int, ...]]
+    state: Mapping[str, tuple[int, ...]]
+    macs: int
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """Every layer this one reads: its inputs and, for max_unpool, the switches' pool."""
+        switches = self.attrs.get("switches")
+        return self.inputs + ((switches,) if switches else ())
+
+    @property
+    def n_params(self) -> int:
+        return sum(TensorType(s).size for s in self.params.values())
+
+    def __str__(self) -> str:
+        attrs = ", ".join(f"{k}={v}" for k, v in self.attrs.items())
+        return f"{self.name} = {self.op}({', '.join(self.inputs)}; {attrs}) -> {self.out}"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The training objective applied to the graph's output, plus ``0.5*l2*sum(w**2)``."""
+
+    op: str
+    l2: float = 0.0
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    input_name: str
+    input: TensorType
+    nodes: tuple[Node, ...]
+    loss: Loss | None = None
+
+    @property
+    def output(self) -> Node:
+        return self.nodes[-1]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def type_of(self, name: str) -> TensorType:
+        return self.input if name == self.input_name else self.node(name).out
+
+    @property
+    def n_params(self) -> int:
+        return sum(node.n_params for node in self.nodes)
+
+    @property
+    def macs(self) -> int:
+        return sum(node.macs for node in self.nodes)
+
+    def __str__(self) -> str:
+        lines = [f"graph {self.name}({self.input_name}: {self.input})"]
+        lines += [f"  {node}" for node in self.nodes]
+        if self.loss:
+            lines.append(f"  loss {self.loss.op}(l2={self.loss.l2})")
+        return "\n".join(lines)

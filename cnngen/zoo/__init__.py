@@ -1,0 +1,1 @@
+"""Classic architectures as specs."""
