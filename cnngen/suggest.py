@@ -7,7 +7,7 @@ from typing import Iterable
 
 def closest(word: str, options: Iterable[str]) -> str | None:
     """The option most like ``word``, if one is close enough to be a likely typo."""
-    matches = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
     return matches[0] if matches else None
 
 

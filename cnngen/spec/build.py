@@ -45,6 +45,10 @@ def build_graph(spec) -> Graph:
     return Graph(name, input_name, input_type, tuple(nodes.values()), parse_loss(doc, out))
 
 
+def sentence(message: str) -> str:
+    return message if message.endswith((".", "?", "!", ")")) else message + "."
+
+
 def check_fields(raw: Mapping, allowed, where: str) -> None:
     for key in raw:
         if key not in allowed:
@@ -81,8 +85,8 @@ def parse_input(doc: dict) -> tuple[str, TensorType]:
         raise SpecError(f"field 'input.shape': expected {what}; received {show(shape)}.")
     try:
         dims = tuple(integer(d, 1, "a positive integer") for d in shape)
-    except Invalid as e:
-        raise SpecError(f"field 'input.shape': {e}") from None
+    except Invalid:
+        raise SpecError(f"field 'input.shape': expected {what}; received {show(shape)}.") from None
     return name, TensorType(dims)
 
 
@@ -122,7 +126,7 @@ def parse_layer(index: int, raw: Any, input_name: str) -> dict:
         try:
             attrs[key] = op.attrs[key].kind(value, op.ndim or 0)
         except Invalid as e:
-            raise SpecError(f"{where}, field {key!r}: {e}") from None
+            raise SpecError(sentence(f"{where}, field {key!r}: {e}")) from None
     for key, attr in op.attrs.items():
         if key not in attrs:
             if attr.default is REQUIRED:
@@ -176,8 +180,10 @@ def topological_order(layers: list[dict], input_name: str) -> list[dict]:
         for dep in deps[layer["name"]]:
             if dep != input_name and dep not in by_name:
                 known = [input_name, *by_name]
+                listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
                 raise SpecError(f"layer {layer['name']!r} ({layer['op']}): reads {dep!r}, "
-                                f"which is not a layer.{did_you_mean(dep, known)}")
+                                f"which is not a layer.{did_you_mean(dep, known)} "
+                                f"Layers: {listing}.")
     return depth_first_order(layers, by_name, deps, input_name)
 
 
@@ -197,9 +203,9 @@ def depth_first_order(layers, by_name, deps, input_name) -> list[dict]:
                     continue
                 if state.get(dep) == 1:
                     cycle = path[path.index(dep):] + [dep]
-                    raise SpecError(f"layers form a cycle: {' -> '.join(cycle)}. A layer "
-                                    f"cannot read its own output, directly or through other "
-                                    f"layers.")
+                    raise SpecError(f"layers form a cycle: {' -> '.join(cycle)} (each reads "
+                                    f"the next). A layer cannot read its own output, directly "
+                                    f"or through other layers.")
                 state[dep] = 1
                 path.append(dep)
                 stack.append(iter(deps[dep]))
@@ -227,7 +233,7 @@ def infer(layer: dict, nodes: dict[str, Node], input_name: str, input_type: Tens
     except Invalid as e:
         field = f", field {e.field!r}" if e.field else ""
         reads = f" (inputs: {', '.join(layer['inputs'])})" if len(ins) > 1 else ""
-        raise SpecError(f"{where}{field}: {e}{reads}") from None
+        raise SpecError(sentence(f"{where}{field}: {e}{reads}")) from None
     return Node(layer["name"], layer["op"], layer["inputs"], frozen(attrs), tuple(ins), out,
                 frozen(op.params(attrs, ins)), frozen(op.state(attrs, ins)),
                 op.macs(attrs, ins, out))
@@ -259,5 +265,5 @@ def parse_loss(doc: dict, out: Node) -> Loss | None:
         l2 = Float(0.0)(raw.get("l2", 0.0), 0)
         losses.check_output(op, out.out)
     except Invalid as e:
-        raise SpecError(f"field 'loss': {e}") from None
+        raise SpecError(sentence(f"field 'loss': {e}")) from None
     return Loss(op, l2)
