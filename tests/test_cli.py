@@ -1,0 +1,65 @@
+"""The ``cnngen`` command line, run as a user would: a subprocess per call."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def cnngen(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cnngen", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_check_prints_the_summary_table():
+    result = cnngen("check", str(EXAMPLES / "lenet5.yaml"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "lenet5: 8 layers, input (N, 1, 32, 32), loss softmax_cross_entropy (l2=0.0005)"
+    assert lines[1].split() == ["layer", "op", "output", "shape", "params", "mult-adds"]
+    assert "c1     conv2d     (N, 6, 28, 28)      156    117,600" in lines
+    assert lines[-2].split() == ["total", "61,706", "416,520"]
+
+
+def test_check_json():
+    result = cnngen("check", str(EXAMPLES / "lenet5.yaml"), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["params"] == 61_706
+    assert [layer["shape"] for layer in summary["layers"]][:2] == [[6, 28, 28], [6, 14, 14]]
+
+
+def test_invalid_spec_exits_1_with_the_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXAMPLES / "lenet5.yaml").read_text().replace("filters: 16", "filters: 16, groups: 4"))
+    result = cnngen("check", str(bad))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("cnngen: error: layer 'c3' (conv2d), field 'groups': "
+                                    "input channels must be divisible by groups")
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_exits_1():
+    result = cnngen("check", "missing.yaml")
+    assert (result.returncode, result.stderr) == (1, "cnngen: error: spec file 'missing.yaml' not found.\n")
+
+
+def test_usage_error_exits_2():
+    assert cnngen("chekc", "x.yaml").returncode == 2
+
+
+@pytest.mark.parametrize("model", ["resnet18", "efficientnet_b0"])
+def test_check_zoo_model(model):
+    result = cnngen("check", f"zoo:{model}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-2].startswith("total")
+
+
+def test_zoo_lists_models_and_each_checks():
+    listed = cnngen("zoo").stdout.split()
+    assert "zoo:resnet50" in listed and "zoo:googlenet" in listed
+    unknown = cnngen("check", "zoo:resnet81")
+    assert unknown.returncode == 1 and "resnet18" in unknown.stderr

@@ -1,0 +1,41 @@
+"""Examples are tests: every spec in examples/ checks, every program runs."""
+import functools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cnngen
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SPECS = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+PROGRAMS = sorted(EXAMPLES.glob("*.py"))
+
+
+def test_examples_exist():
+    assert SPECS and PROGRAMS
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_spec_checks(path):
+    assert cnngen.check(path).params > 0
+
+
+@functools.cache
+def run(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                          timeout=600, cwd=EXAMPLES)
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=[p.name for p in PROGRAMS])
+def test_program_runs(path):
+    result = run(path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_reference_training_learns_the_shapes():
+    result = run(EXAMPLES / "train_reference.py")
+    accuracy = float(re.search(r"test accuracy: ([\d.]+)", result.stdout).group(1))
+    assert accuracy > 0.9, result.stdout
