@@ -45,7 +45,8 @@ class Node:
 
     ``attrs`` are normalised (tuples per spatial dimension, padding resolved to explicit
     ``(begin, end)`` pairs). ``params`` are the trainable parameter shapes, ``state`` the
-    non-trainable buffers (batch-norm running statistics).
+    non-trainable buffers (batch-norm running statistics). ``refs`` are layers read by an
+    attribute rather than as data (max_unpool's switches).
     """
 
     name: str
@@ -57,12 +58,12 @@ class Node:
     params: Mapping[str, tuple[int, ...]]
     state: Mapping[str, tuple[int, ...]]
     macs: int
+    refs: tuple[str, ...] = ()
 
     @property
     def deps(self) -> tuple[str, ...]:
-        """Every layer this one reads: its inputs and, for max_unpool, the switches' pool."""
-        switches = self.attrs.get("switches")
-        return self.inputs + ((switches,) if switches else ())
+        """Every layer this one reads: its inputs and its refs."""
+        return self.inputs + self.refs
 
     @property
     def n_params(self) -> int:

@@ -70,7 +70,7 @@ def check_input(graph: Graph, x) -> np.ndarray:
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise InputError(f"input: expected a float array; received dtype {x.dtype}.")
     expected = graph.input.shape
-    if x.shape[1:] != expected or x.ndim != len(expected) + 1 or x.shape[0] < 1:
+    if x.shape[1:] != expected or x.shape[0] < 1:
         hint = " Add the batch dimension: x[None]." if x.shape == expected else ""
         raise InputError(f"input: expected shape {graph.input} with N >= 1; received "
                          f"{x.shape}.{hint}")

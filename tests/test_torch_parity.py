@@ -375,6 +375,10 @@ def test_matches_torch(case: Case):
         run.out.backward(torch.from_numpy(dout))
     grads = ref.backward(fwd, dout)
 
+    for name, (idx, _) in run.switches.items():
+        np.testing.assert_array_equal(idx.numpy(), fwd.context.saved[name],
+                                      err_msg=f"max-pool switches of {name!r}")
+
     # backward
     close(run.x.grad, grads.input, "input gradient")
     assert set(grads.weights) == set(run.params)
@@ -393,6 +397,31 @@ def test_matches_torch(case: Case):
         for layer, stats in run.state.items():
             for name, t in stats.items():
                 close(t, weights[layer][name], f"eval mode changed {layer}/{name}")
+
+
+def test_max_unpool_overlapping_windows_add_where_torch_keeps_one():
+    """Documented divergence: where overlapping windows pick the same element, cnngen's
+    unpool sums their values (the adjoint of max-pool's gradient) and torch keeps one.
+    Elsewhere, and in the gradient (a gather at the switches), the two agree."""
+    spec = net((2, 9), ("maxpool1d", "pool", dict(size=3, stride=1, return_switches=True)),
+               ("max_unpool", "unpool", dict(switches="pool")))
+    graph = build_graph(spec)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 2, 9))
+    fwd = ReferenceExecutor(spec).forward(x)
+    run = torch_peer.run_graph(graph, {}, x)
+    switches = fwd.context.saved["pool"]
+    np.testing.assert_array_equal(run.switches["pool"][0].numpy(), switches)
+    counts = np.stack([np.bincount(s, minlength=9) for s in switches.reshape(-1, 7)])
+    counts = counts.reshape(fwd.out.shape)
+    assert (counts > 1).any(), "the case must have shared switches"
+    ours, theirs = fwd.out, run.out.detach().numpy()
+    close(theirs[counts <= 1], ours[counts <= 1], "unpool where switches are unique")
+    close(theirs[counts > 1] * counts[counts > 1], ours[counts > 1],
+          "unpool where switches are shared (all shared values equal the max)")
+    dout = rng.normal(size=fwd.out.shape)
+    run.out.backward(torch.from_numpy(dout))
+    close(run.x.grad, ReferenceExecutor(spec).backward(fwd, dout).input, "input gradient")
 
 
 def ops_in(params) -> set[str]:

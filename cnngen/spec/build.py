@@ -227,7 +227,7 @@ def infer(layer: dict, nodes: dict[str, Node], input_name: str, input_type: Tens
         for ref in op.refs:
             target = layer["attrs"][ref]
             if target == input_name:
-                raise Invalid(f"names the network input; expected a layer.", ref)
+                raise Invalid("names the network input; expected a layer.", ref)
             refs[ref] = nodes[target]
         attrs, out = op.infer(dict(layer["attrs"]), ins, refs)
     except Invalid as e:
@@ -236,7 +236,7 @@ def infer(layer: dict, nodes: dict[str, Node], input_name: str, input_type: Tens
         raise SpecError(sentence(f"{where}{field}: {e}{reads}")) from None
     return Node(layer["name"], layer["op"], layer["inputs"], frozen(attrs), tuple(ins), out,
                 frozen(op.params(attrs, ins)), frozen(op.state(attrs, ins)),
-                op.macs(attrs, ins, out))
+                op.macs(attrs, ins, out), tuple(node.name for node in refs.values()))
 
 
 def check_all_used(layers: list[dict], nodes: dict[str, Node]) -> None:
