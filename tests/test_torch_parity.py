@@ -60,11 +60,6 @@ def case(id, spec, **kw):
     return pytest.param(Case(id, spec, **kw), id=id)
 
 
-def xcase(id, spec, reason, **kw):
-    return pytest.param(Case(id, spec, **kw), id=id,
-                        marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
 # -- single ops ---------------------------------------------------------------------------
 
 CONV = [
@@ -173,15 +168,9 @@ ACTIVATION += [
 
 # Activations at their kinks: which one-sided derivative each side picks must agree.
 KINKS = (-3.0, -1.0, 0.0, 1.0, 3.0, -6.0, 6.0, 2.5)
-HARDSWISH_KINK = (
-    "cnngen bug: hardswish gradient at x = -3 is (2x+3)/6 = -0.5, PyTorch gives 0 "
-    "(torch: x <= -3 -> 0, x < 3 -> x/3 + 0.5, else 1). Fix in cnngen/ops/activation.py: "
-    "np.where(x <= -3.0, 0.0, ...)")
 ACTIVATION += [
     case(f"{name}_at_kinks", one(name, (8,)), n_batch=1, x=(KINKS,))
-    for name in ("relu", "leaky_relu", "swish")]
-ACTIVATION += [xcase("hardswish_at_kinks", one("hardswish", (8,)), HARDSWISH_KINK, n_batch=1,
-                     x=(KINKS,))]
+    for name in ("relu", "leaky_relu", "hardswish")]
 
 DENSE = [
     case("dense", one("dense", (7,), units=5, activation="tanh"), n_batch=3),
@@ -388,9 +377,9 @@ def test_matches_torch(case: Case):
             close(t.grad, grads.weights[layer][name], f"gradient of {layer}/{name}")
 
     # batch-norm running statistics: torch updated its buffers in place
-    expected_updates = {layer: s for layer, s in run.state.items()} if case.train else {}
-    assert set(fwd.state_updates) == set(expected_updates)
-    for layer, stats in expected_updates.items():
+    torch_updates = run.state if case.train else {}
+    assert set(fwd.state_updates) == set(torch_updates)
+    for layer, stats in torch_updates.items():
         for name, t in stats.items():
             close(t, fwd.state_updates[layer][name], f"running statistic {layer}/{name}")
     if not case.train:

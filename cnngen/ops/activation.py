@@ -6,8 +6,8 @@ the ``activation:`` attribute of conv, dense and add.
     swish(x) = silu(x) = x*sigmoid(x)   hardswish(x) = x * min(max(x + 3, 0), 6) / 6
     softmax(x)_c = exp(x_c) / sum_c' exp(x_c')       over the channel axis
 
-At a kink (relu and leaky_relu at 0, hardswish at -3 and 3) the gradient takes the
-right-hand value, as PyTorch does.
+At the kinks the gradient matches PyTorch: relu'(0) = 0, leaky_relu'(0) = alpha,
+hardswish'(-3) = 0 and hardswish'(3) = 1.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def backward(name: str, x: np.ndarray, y: np.ndarray, dy: np.ndarray,
         s = sigmoid(x)
         return dy * (s + x * s * (1.0 - s))
     if name == "hardswish":
-        return dy * np.where(x < -3.0, 0.0, np.where(x >= 3.0, 1.0, (2.0 * x + 3.0) / 6.0))
+        return dy * np.where(x <= -3.0, 0.0, np.where(x >= 3.0, 1.0, (2.0 * x + 3.0) / 6.0))
     raise KeyError(name)
 
 

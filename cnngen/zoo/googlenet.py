@@ -10,7 +10,7 @@ ReLU. The batch norm is torchvision's addition (the paper predates it), as are t
 
 torchvision's "5x5" branch uses a 3x3 kernel (a known bug kept for its pretrained
 weights: https://github.com/pytorch/vision/issues/906), and the published 6,624,904
-parameters count it so. ``wide_kernel=5`` gives the paper's network (6,998,552).
+parameters count it so. ``wide_kernel=5`` gives the paper's 5x5 kernels (7,005,832).
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def inception(b: Builder, name: str, x: str, c_1x1: int, c_3x3_reduce: int, c_3x
 def googlenet(num_classes: int = 1000, input_size: int = 224, in_channels: int = 3,
               wide_kernel: int = 3) -> dict:
     """The GoogLeNet spec: 6,624,904 parameters at 1000 classes with the default
-    ``wide_kernel=3`` (torchvision). Any ``input_size`` of at least 1 works, since the
-    ceil-mode pools never shrink a map below 1x1 and the head is a global average pool."""
+    ``wide_kernel=3`` (torchvision). ``input_size`` must be at least 31, so that each of
+    the four stride-2 max-pools gets a map at least as large as its window."""
     b = Builder("googlenet", (in_channels, input_size, input_size),
                 description="GoogLeNet / Inception v1 (Szegedy et al. 2015), torchvision "
                             "layout without auxiliary heads")
