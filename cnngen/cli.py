@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import zoo
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except CnngenError as e:
         print(f"cnngen: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader (e.g. `| head`) stopped early; that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

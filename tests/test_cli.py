@@ -63,3 +63,17 @@ def test_zoo_lists_models_and_each_checks():
     assert "zoo:resnet50" in listed and "zoo:googlenet" in listed
     unknown = cnngen("check", "zoo:resnet81")
     assert unknown.returncode == 1 and "resnet18" in unknown.stderr
+
+
+def test_every_zoo_model_checks_with_its_parameter_count(capsys):
+    from cnngen import check, cli, zoo
+    for name in zoo.MODELS:
+        assert cli.main(["check", f"zoo:{name}"]) == 0
+        total = capsys.readouterr().out.splitlines()[-2].split()
+        assert total[:2] == ["total", f"{check(zoo.get(name)).params:,}"], name
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error():
+    command = f"{sys.executable} -m cnngen check zoo:efficientnet_b0 | head -1"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stderr == ""
