@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,6 +23,20 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 REQUIRED = object()
 
 
+class ShortRepr(reprlib.Repr):
+    """reprlib that also shortens integers too long for ``repr`` (over 4300 digits)."""
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 128:
+            return f"<an integer of about {int(x.bit_length() * 0.30103)} digits>"
+        return repr(x)
+
+
+SHORT_REPR = ShortRepr()
+SHORT_REPR.maxlevel, SHORT_REPR.maxlist, SHORT_REPR.maxdict = 3, 8, 8
+SHORT_REPR.maxstring, SHORT_REPR.maxlong, SHORT_REPR.maxother = 40, 40, 40
+
+
 class Invalid(Exception):
     """A spec value broke a rule. ``field`` names the attribute when one is to blame."""
 
@@ -32,7 +47,7 @@ class Invalid(Exception):
 
 def show(value: Any) -> str:
     """The received value as the user wrote it, shortened."""
-    text = repr(value)
+    text = SHORT_REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -45,7 +60,7 @@ def integer(value: Any, minimum: int, what: str) -> int:
         hint = " (sizes are whole numbers)" if isinstance(value, float) else ""
         raise Invalid(f"expected {what}{hint}; received {show(value)}")
     if not minimum <= int(value) <= MAX_DIM:
-        raise Invalid(f"expected {what}; received {int(value)}")
+        raise Invalid(f"expected {what}; received {show(value)}")
     return int(value)
 
 
@@ -135,7 +150,10 @@ class Float:
         what = f"a number in [{self.low:g}, {self.high:g}{closing}"
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             raise Invalid(f"expected {what}; received {show(value)}")
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:
+            raise Invalid(f"expected {what}; received {show(value)}") from None
         inside = self.low <= v and (v <= self.high if self.high_inclusive else v < self.high)
         if not (math.isfinite(v) and inside):
             raise Invalid(f"expected {what}; received {show(value)}")

@@ -10,6 +10,8 @@ conv_transpose is the adjoint of conv with respect to its input (``w: (c_in, c_o
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import activation
@@ -65,7 +67,11 @@ def conv_grad_weight(x, dy, kernel, stride, pads, dilation, groups):
 
 
 def check_groups(c_in: int, filters: int, groups: int, shape) -> None:
-    divisors = tuple(g for g in range(1, c_in + 1) if c_in % g == 0 and filters % g == 0)
+    if c_in % groups == 0 and filters % groups == 0:
+        return
+    common = math.gcd(c_in, filters)
+    small = [g for g in range(1, math.isqrt(common) + 1) if common % g == 0]
+    divisors = tuple(sorted(set(small) | {common // g for g in small}))
     if c_in % groups:
         raise Invalid(f"input channels must be divisible by groups. Received: c_in={c_in}, "
                       f"groups={groups} (input shape {shape}). Use groups in {divisors}.",

@@ -6,6 +6,8 @@ reshape: (N, *a) -> (N, *b) with prod(a) == prod(b); one entry of b may be -1
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import activation
@@ -70,7 +72,7 @@ class Reshape(Op):
 
     def infer(self, a, ins, refs):
         size = ins[0].size
-        known = int(np.prod([d for d in a["shape"] if d != -1]))
+        known = math.prod(d for d in a["shape"] if d != -1)
         if -1 in a["shape"]:
             if size % known:
                 raise Invalid(f"cannot reshape {ins[0]} ({size} values per sample) to "

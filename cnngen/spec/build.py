@@ -10,7 +10,7 @@ from ..errors import SpecError
 from ..ir import Graph, Loss, Node, TensorType, frozen
 from ..ops import REGISTRY
 from ..ops import loss as losses
-from ..ops.base import IDENTIFIER, REQUIRED, Float, Invalid, integer, show
+from ..ops.base import IDENTIFIER, REQUIRED, Float, Invalid, integer, is_int, show
 from ..suggest import did_you_mean
 from .load import load_spec
 
@@ -59,7 +59,7 @@ def check_fields(raw: Mapping, allowed, where: str) -> None:
 def check_version(doc: dict) -> None:
     if "cnngen" not in doc:
         raise SpecError("spec: missing field 'cnngen' (the spec version). Add 'cnngen: 1' at the top.")
-    if doc["cnngen"] != VERSION or isinstance(doc["cnngen"], bool):
+    if not is_int(doc["cnngen"]) or doc["cnngen"] != VERSION:
         raise SpecError(f"field 'cnngen': unsupported spec version {show(doc['cnngen'])}; this "
                         f"cnngen reads version {VERSION}.")
 
@@ -258,7 +258,7 @@ def parse_loss(doc: dict, out: Node) -> Loss | None:
                         f"l2: 0.0005}}; received {show(raw)}.")
     check_fields(raw, ("op", "l2"), "field 'loss'")
     op = raw.get("op")
-    if op not in losses.NAMES:
+    if not isinstance(op, str) or op not in losses.NAMES:
         raise SpecError(f"field 'loss.op': expected one of {', '.join(losses.NAMES)}; received "
                         f"{show(op)}.{did_you_mean(str(op), losses.NAMES)}")
     try:

@@ -20,7 +20,13 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any]) -> dict:
     ``.json`` file, YAML/JSON text (anything with a newline or starting with ``{``), or a
     dict, which is deep-copied. Validation happens in ``build_graph``/``check``."""
     if isinstance(source, Mapping):
-        return copy.deepcopy(dict(source))
+        try:
+            return copy.deepcopy(dict(source))
+        except RecursionError:
+            raise SpecError("spec: the document is nested too deeply.") from None
+        except (TypeError, copy.Error) as e:
+            raise SpecError(f"spec: expected plain data (dicts, lists, numbers, strings); "
+                            f"{e}.") from None
     if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
         return parse_text(source, "<string>", json_only=False)
     if not isinstance(source, (str, os.PathLike)):
@@ -33,7 +39,7 @@ def load_spec(source: str | os.PathLike | Mapping[str, Any]) -> dict:
         raise SpecError(f"spec file '{path}' not found.") from None
     except IsADirectoryError:
         raise SpecError(f"spec path '{path}' is a directory; expected a .yaml or .json file.") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SpecError(f"cannot read spec file '{path}': {e}") from None
     return parse_text(text, str(path), json_only=path.suffix.lower() == ".json")
 
@@ -45,6 +51,8 @@ def parse_text(text: str, origin: str, json_only: bool) -> dict:
         except json.JSONDecodeError as e:
             raise SpecError(f"{origin}: JSON syntax error at line {e.lineno}, column {e.colno}: "
                             f"{e.msg}.") from None
+        except ValueError as e:
+            raise SpecError(f"{origin}: invalid JSON value: {e}") from None
         except RecursionError:
             raise SpecError(f"{origin}: the document is nested too deeply.") from None
     else:
@@ -59,6 +67,9 @@ def parse_text(text: str, origin: str, json_only: bool) -> dict:
             raise SpecError(f"{origin}: YAML error: {e}") from None
         except RecursionError:
             raise SpecError(f"{origin}: the document is nested too deeply.") from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+                OverflowError) as e:  # PyYAML raises these for bad tagged values
+            raise SpecError(f"{origin}: invalid YAML value: {e!r}") from None
     if not isinstance(doc, dict):
         raise SpecError(f"{origin}: expected a mapping with the keys cnngen, input and layers; "
                         f"received {type(doc).__name__}.")
