@@ -1,5 +1,6 @@
-"""The conv -> batch-norm -> activation unit most zoo networks are built from
-(torchvision's ``Conv2dNormActivation``, GoogLeNet's ``BasicConv2d``)."""
+"""Units the zoo networks share: the conv -> batch-norm -> activation unit
+(torchvision's ``Conv2dNormActivation``, GoogLeNet's ``BasicConv2d``) and the
+4096-4096 classifier head of VGG and ZF Net."""
 from __future__ import annotations
 
 from ..spec import Builder
@@ -26,3 +27,16 @@ def conv_bn(b: Builder, name: str, filters: int, kernel: int, stride: int = 1,
     if activation is None:
         return b.last
     return b.layer(activation, f"{name}_{activation}")
+
+
+def classifier_4096(b: Builder, num_classes: int) -> dict:
+    """Append flatten, fc6/fc7 (4096, ReLU, each followed by dropout 0.5), fc8 and a
+    softmax cross-entropy loss; returns the finished spec."""
+    b.flatten("flat")
+    b.dense("fc6", units=4096, activation="relu")
+    b.dropout("drop6", rate=0.5)
+    b.dense("fc7", units=4096, activation="relu")
+    b.dropout("drop7", rate=0.5)
+    b.dense("fc8", units=num_classes)
+    b.loss("softmax_cross_entropy")
+    return b.spec()

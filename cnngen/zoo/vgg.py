@@ -10,6 +10,7 @@ dense layer reads whatever map the features produce (512*1*1 at 32x32).
 from __future__ import annotations
 
 from ..spec import Builder
+from .blocks import classifier_4096
 
 POOL = "M"
 # Filters of each conv, with POOL for a 2x2 max-pool (the paper's Table 1).
@@ -38,14 +39,7 @@ def vgg(depth: int, num_classes: int = 1000, input_size: int = 224,
             b.conv2d(f"conv{block}_{conv}", filters=item, kernel=3, padding=1,
                      activation="relu")
             conv += 1
-    b.flatten("flat")
-    b.dense("fc6", units=4096, activation="relu")
-    b.dropout("drop6", rate=0.5)
-    b.dense("fc7", units=4096, activation="relu")
-    b.dropout("drop7", rate=0.5)
-    b.dense("fc8", units=num_classes)
-    b.loss("softmax_cross_entropy")
-    return b.spec()
+    return classifier_4096(b, num_classes)
 
 
 def vgg11(num_classes: int = 1000, input_size: int = 224, in_channels: int = 3) -> dict:

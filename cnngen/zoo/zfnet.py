@@ -13,6 +13,7 @@ to the outputs of fc6 and fc7, as in the paper.
 from __future__ import annotations
 
 from ..spec import Builder
+from .blocks import classifier_4096
 
 
 def zfnet(num_classes: int = 1000, input_size: int = 224, in_channels: int = 3) -> dict:
@@ -27,11 +28,4 @@ def zfnet(num_classes: int = 1000, input_size: int = 224, in_channels: int = 3) 
     b.conv2d("conv4", filters=384, kernel=3, padding=1, activation="relu")
     b.conv2d("conv5", filters=256, kernel=3, padding=1, activation="relu")
     b.maxpool2d("pool5", size=3, stride=2, ceil_mode=True)
-    b.flatten("flat")
-    b.dense("fc6", units=4096, activation="relu")
-    b.dropout("drop6", rate=0.5)
-    b.dense("fc7", units=4096, activation="relu")
-    b.dropout("drop7", rate=0.5)
-    b.dense("fc8", units=num_classes)
-    b.loss("softmax_cross_entropy")
-    return b.spec()
+    return classifier_4096(b, num_classes)
