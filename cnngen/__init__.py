@@ -2,6 +2,7 @@
 from . import zoo
 from .errors import CnngenError, InputError, SpecError, WeightsError
 from .reference import ReferenceExecutor
+from .runtime.compiled import CompiledNet, compile
 from .spec import Builder, build_graph, load_spec
 from .summary import Summary, check
 from .weights import init_weights, load_npz, save_npz
@@ -9,7 +10,7 @@ from .weights import init_weights, load_npz, save_npz
 __version__ = "0.1.0"
 
 __all__ = [
-    "Builder", "CnngenError", "InputError", "ReferenceExecutor", "SpecError", "Summary",
-    "WeightsError", "build_graph", "check", "init_weights", "load_npz", "load_spec",
+    "Builder", "CnngenError", "CompiledNet", "InputError", "ReferenceExecutor", "SpecError", "Summary",
+    "WeightsError", "build_graph", "check", "compile", "init_weights", "load_npz", "load_spec",
     "save_npz", "zoo",
 ]

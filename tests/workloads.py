@@ -94,3 +94,27 @@ OP_CASES = [
     ("multiply_broadcast", two_branch("multiply", (3, 4, 5), (3, 1, 1)), 2, False),
     ("multiply_same", two_branch("multiply", (3, 4)), 2, False),
 ]
+
+
+# Real convolution layers from the zoo (smaller maps where the full size only costs time),
+# plus odd channel counts: (id, spec, batch).
+CONV_LAYERS = [
+    ("lenet_c1", single("conv2d", (1, 32, 32), filters=6, kernel=5, activation="relu"), 3),
+    ("lenet_c2", single("conv2d", (6, 14, 14), filters=16, kernel=5, activation="relu"), 2),
+    ("resnet_stem", single("conv2d", (3, 40, 37), filters=64, kernel=7, stride=2, padding=3), 1),
+    ("resnet_l1", single("conv2d", (64, 20, 20), filters=64, kernel=3, padding=1, activation="relu"), 1),
+    ("resnet_l3_s2", single("conv2d", (128, 14, 14), filters=256, kernel=3, stride=2, padding=1), 2),
+    ("resnet_l4_7x7", single("conv2d", (512, 7, 7), filters=512, kernel=3, padding=1), 1),
+    ("resnet_downsample_1x1", single("conv2d", (64, 13, 13), filters=128, kernel=1, stride=2, bias=False), 1),
+    ("nin_1x1", single("conv2d", (256, 13, 13), filters=64, kernel=1), 1),
+    ("vgg_c2", single("conv2d", (64, 28, 28), filters=128, kernel=3, padding=1, activation="relu"), 1),
+    ("effnet_dw", single("conv2d", (144, 13, 13), filters=144, kernel=3, padding=1, groups=144, activation="swish"), 2),
+    ("effnet_dw_s2_k5", single("conv2d", (40, 15, 15), filters=40, kernel=5, stride=2, padding=2, groups=40), 1),
+    ("effnet_expand_c17", single("conv2d", (17, 9, 9), filters=40, kernel=1, activation="sigmoid"), 2),
+    ("grouped_aligned", single("conv2d", (64, 9, 9), filters=64, kernel=3, groups=2, padding=1), 1),
+    ("grouped_misaligned", single("conv2d", (12, 9, 8), filters=20, kernel=3, groups=4, padding="same", activation="leaky_relu"), 2),
+    ("mnist1d_c1", single("conv1d", (1, 40), filters=32, kernel=5, padding=2, activation="relu"), 4),
+    ("ts_c64", single("conv1d", (64, 67), filters=64, kernel=3, padding=1), 2),
+    ("deconv_s2", single("conv_transpose2d", (32, 7, 7), filters=16, kernel=4, stride=2, padding=1, activation="relu"), 1),
+    ("deconv_crop", single("conv_transpose2d", (16, 5, 6), filters=17, kernel=3, stride=3, padding=3, output_padding=2), 2),
+]

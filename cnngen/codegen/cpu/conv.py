@@ -1,0 +1,192 @@
+"""Lowering of conv1d/conv2d and conv_transpose1d/2d to the direct and depthwise kernels.
+
+- groups = 1, and groups whose channels per group are whole vectors: ``conv2d`` template,
+  the register-tiled direct convolution.
+- depthwise (groups = c_in = c_out): ``depthwise2d``, vectorised over the channel block.
+- any other grouping: the weights are expanded to a block-diagonal dense convolution
+  (correct for every grouping; costs ``groups`` times the multiply-adds).
+- conv_transpose: the input is spread onto a zero grid (``dilate2d``, stride - 1 zeros
+  between pixels) and convolved with the flipped, transposed weights at stride 1.
+
+1-D layers are 2-D with height 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import schedule as sched
+from ...ir import Node
+from ..kernel import Call, Const, spec
+from ..layout import Blocked
+from . import Lowering, activation_values
+
+
+def geometry(node: Node):
+    """(kernel, stride, dilation, padding) as 2-D tuples; padding ((top, bottom), (left, right))."""
+    a = node.attrs
+    if len(a["kernel"]) == 2:
+        return a["kernel"], a["stride"], a["dilation"], a["padding"]
+    return (1, *a["kernel"]), (1, *a["stride"]), (1, *a["dilation"]), ((0, 0), *a["padding"])
+
+
+def conv_halo(node: Node) -> tuple[int, int, int, int]:
+    _, _, _, ((top, bottom), (left, right)) = geometry(node)
+    return (top, bottom, left, right)
+
+
+def is_depthwise(c_in: int, c_out: int, groups: int) -> bool:
+    return groups > 1 and groups == c_in == c_out
+
+
+def is_aligned(c_in: int, c_out: int, groups: int, vector: int) -> bool:
+    return groups == 1 or (c_in // groups % vector == 0 and c_out // groups % vector == 0)
+
+
+def dense_weights(w: np.ndarray, groups: int) -> np.ndarray:
+    """Grouped weights (K, C/g, R, S) as the block-diagonal dense (K, C, R, S)."""
+    k_out, c_group = w.shape[:2]
+    dense = np.zeros((k_out, c_group * groups, *w.shape[2:]), w.dtype)
+    k_group = k_out // groups
+    for g in range(groups):
+        dense[g * k_group:(g + 1) * k_group, g * c_group:(g + 1) * c_group] = w[g * k_group:(g + 1) * k_group]
+    return dense
+
+
+def pack_direct(w: np.ndarray, vector: int) -> np.ndarray:
+    """(K, C/g, R, S) -> (K/V blocks, ic vectors per group, R, S, V_in, V_out), zero padded."""
+    k_out, c_group, k_h, k_w = w.shape
+    oc_blocks, ic_vecs = -(-k_out // vector), -(-c_group // vector)
+    padded = np.zeros((oc_blocks * vector, ic_vecs * vector, k_h, k_w), np.float32)
+    padded[:k_out, :c_group] = w
+    blocked = padded.reshape(oc_blocks, vector, ic_vecs, vector, k_h, k_w)
+    return np.ascontiguousarray(blocked.transpose(0, 2, 4, 5, 3, 1)).ravel()
+
+
+def pack_depthwise(w: np.ndarray, vector: int) -> np.ndarray:
+    """(C, 1, R, S) -> (C/V blocks, R, S, V), zero padded."""
+    c, _, k_h, k_w = w.shape
+    blocks = -(-c // vector)
+    padded = np.zeros((blocks * vector, k_h, k_w), np.float32)
+    padded[:c] = w[:, 0]
+    return np.ascontiguousarray(padded.reshape(blocks, vector, k_h, k_w).transpose(0, 2, 3, 1)).ravel()
+
+
+def pack_bias(b: np.ndarray | None, channels: int, vector: int) -> np.ndarray:
+    out = np.zeros(-(-channels // vector) * vector, np.float32)
+    if b is not None:
+        out[:len(b)] = b
+    return out
+
+
+def as_2d(w: np.ndarray) -> np.ndarray:
+    return w if w.ndim == 4 else w[:, :, None, :]
+
+
+def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride, dilation,
+                pads, weights: Const, bias: Const, ops: tuple[str, ...]) -> Call:
+    """A call of the register-tiled direct convolution reading ``x`` with ``pads``."""
+    out, v = low.out, low.target.vector
+    c_group = x.channels // groups
+    work = sched.ConvWorkload(low.n_batch, c_group, out.channels // groups, out.height,
+                              out.width, *kernel)
+    s = low.schedule or sched.conv_default(work, low.target)
+    oc_blocks = out.blocks
+    ic_vecs = -(-c_group // v)
+    flops = 2 * low.n_batch * out.channels * out.height * out.width * c_group * kernel[0] * kernel[1]
+    kernel_spec = spec(
+        "conv2d", ops, f"nchw{v}c", s, flops=flops,
+        bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch) + oc_blocks * ic_vecs * v * v * kernel[0] * kernel[1]),
+        **activation_values(low.node.attrs["activation"]), epilogue=True,
+        n_batch=low.n_batch, h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
+        stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
+        ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,
+        oc_blocks_per_group=oc_blocks // groups, oc_vecs=s.oc_vecs, ow_tile=s.ow_tile,
+        ic_block=s.ic_block, rows=s.rows, tail_tiles=int(out.width % s.ow_tile > 0),
+        ow_tail=out.width % s.ow_tile or s.ow_tile,
+        x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride,
+        x_origin=x.window_origin(pads[0], pads[1]), **out.strides("out"))
+    return Call(low.node.name, kernel_spec, (x_buffer, weights, bias, low.output))
+
+
+def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
+    x, out, v = low.ins[0], low.out, low.target.vector
+    work = sched.ConvWorkload(low.n_batch, 1, 1, out.height, out.width, *kernel, depthwise=True)
+    s = low.schedule or sched.depthwise_default(work, low.target)
+    node = low.node
+    kernel_spec = spec(
+        "depthwise2d", ops, f"nchw{v}c", s,
+        flops=2 * low.n_batch * out.channels * out.height * out.width * kernel[0] * kernel[1],
+        bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch)),
+        **activation_values(node.attrs["activation"]), n_batch=low.n_batch, blocks=out.blocks,
+        h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
+        stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
+        ow_tile=s.ow_tile, rows=s.rows, tail_tiles=int(out.width % s.ow_tile > 0),
+        ow_tail=out.width % s.ow_tile or s.ow_tile,
+        x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride,
+        x_origin=x.window_origin(pads[0], pads[1]), **out.strides("out"))
+    weights = Const(node.name, "w", lambda p: pack_depthwise(as_2d(p["w"]), v))
+    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), out.channels, v))
+    return Call(node.name, kernel_spec, (low.inputs[0], weights, bias, low.output))
+
+
+def lower_conv(low: Lowering) -> list[Call]:
+    node, v = low.node, low.target.vector
+    kernel, stride, dilation, ((top, _), (left, _)) = geometry(node)
+    groups, c_in, c_out = node.attrs["groups"], low.ins[0].channels, low.out.channels
+    ops = (node.op,) + ((node.attrs["activation"],) if node.attrs["activation"] != "identity" else ())
+    if is_depthwise(c_in, c_out, groups):
+        return [depthwise_conv(low, kernel, stride, dilation, (top, left), ops)]
+    if is_aligned(c_in, c_out, groups, v):
+        weights = Const(node.name, "w", lambda p: pack_direct(as_2d(p["w"]), v))
+    else:
+        weights = Const(node.name, "w", lambda p, g=groups: pack_direct(
+            dense_weights(as_2d(p["w"]), g), v))
+        groups = 1
+    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), c_out, v))
+    return [direct_conv(low, low.ins[0], low.inputs[0], groups, kernel, stride, dilation,
+                        (top, left), weights, bias, ops)]
+
+
+def transposed_as_conv(w: np.ndarray, groups: int) -> np.ndarray:
+    """conv_transpose weights (C, K/g, R, S) as the equivalent conv's (K, C/g, R, S), flipped."""
+    c_in, k_group = w.shape[:2]
+    c_group = c_in // groups
+    wg = w.reshape(groups, c_group, k_group, *w.shape[2:])[..., ::-1, ::-1]
+    return np.ascontiguousarray(wg.transpose(0, 2, 1, 3, 4)).reshape(groups * k_group, c_group, *w.shape[2:])
+
+
+def lower_conv_transpose(low: Lowering) -> list[Call]:
+    node, v = low.node, low.target.vector
+    x, n_batch = low.ins[0], low.n_batch
+    kernel, stride, dilation, pads = geometry(node)
+    out_pad = (0, *node.attrs["output_padding"])[-2:]
+    # Full-correlation padding of the equivalent stride-1 conv; negative means a crop.
+    full = [dilation[i] * (kernel[i] - 1) - pads[i][0] for i in range(2)]
+    full_end = [dilation[i] * (kernel[i] - 1) - pads[i][1] + out_pad[i] for i in range(2)]
+    grid = Blocked(x.channels, (x.height - 1) * stride[0] + 1, (x.width - 1) * stride[1] + 1, v,
+                   (max(full[0], 0), max(full_end[0], 0), max(full[1], 0), max(full_end[1], 0)))
+    spread = low.temp("grid", grid)
+    dilate = Call(node.name, spec(
+        "dilate2d", ("spread",), f"nchw{v}c", bytes=4 * (x.size(n_batch) + grid.size(n_batch)),
+        n_batch=n_batch, blocks=x.blocks, h_in=x.height, w_in=x.width,
+        stride_h=stride[0], stride_w=stride[1], x_batch=x.batch_stride, x_block=x.block_stride,
+        x_row=x.row_stride, x_origin=x.origin, **grid.strides("out")),
+        (low.inputs[0], spread))
+    groups, c_out = node.attrs["groups"], low.out.channels
+    aligned = is_aligned(x.channels, c_out, groups, v)
+
+    def pack(p):
+        w = transposed_as_conv(as_2d(p["w"]), groups)
+        return pack_direct(w if aligned else dense_weights(w, groups), v)
+
+    weights = Const(node.name, "w", pack)
+    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), c_out, v))
+    ops = (node.op,) + ((node.attrs["activation"],) if node.attrs["activation"] != "identity" else ())
+    conv = direct_conv(low, grid, spread, groups if aligned else 1, kernel, (1, 1), dilation,
+                       (full[0], full[1]), weights, bias, ops)
+    return [dilate, conv]
+
+
+LOWER = {"conv1d": lower_conv, "conv2d": lower_conv,
+         "conv_transpose1d": lower_conv_transpose, "conv_transpose2d": lower_conv_transpose}
+HALO = {"conv1d": conv_halo, "conv2d": conv_halo}

@@ -1,0 +1,107 @@
+"""The channel-blocked activation layout and its conversions from and to NCHW.
+
+A tensor (N, C, H, W) lives in a flat float32 buffer as
+
+    (N, ceil(C/V), top + H + bottom, left + W + right, V)
+
+Channel c is lane c % V of block c // V. The halo (top, bottom, left, right) is zero and
+as wide as the widest padding any reader needs, so convolutions read their padded window
+without testing borders. Lanes past C (the last block's padding) hold finite values that
+every reader ignores or multiplies by zero weights. 1-D tensors (N, C, L) use H = 1;
+vectors (N, C) use H = W = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import TensorType
+
+
+@dataclass(frozen=True)
+class Blocked:
+    channels: int
+    height: int
+    width: int
+    vector: int
+    halo: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @classmethod
+    def of(cls, t: TensorType, vector: int, halo=(0, 0, 0, 0)) -> Blocked:
+        spatial = (1,) * (2 - len(t.spatial)) + t.spatial
+        if len(spatial) != 2:
+            raise ValueError(f"no blocked layout for rank-{len(t.shape)} tensor {t}")
+        return cls(t.channels, spatial[0], spatial[1], vector, tuple(halo))
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.channels // self.vector)
+
+    @property
+    def rows(self) -> int:
+        return self.halo[0] + self.height + self.halo[1]
+
+    @property
+    def cols(self) -> int:
+        return self.halo[2] + self.width + self.halo[3]
+
+    @property
+    def row_stride(self) -> int:
+        return self.cols * self.vector
+
+    @property
+    def block_stride(self) -> int:
+        return self.rows * self.row_stride
+
+    @property
+    def batch_stride(self) -> int:
+        return self.blocks * self.block_stride
+
+    @property
+    def origin(self) -> int:
+        """Offset of pixel (0, 0) of channel block 0 inside one image."""
+        return self.halo[0] * self.row_stride + self.halo[2] * self.vector
+
+    def size(self, n_batch: int) -> int:
+        return n_batch * self.batch_stride
+
+    def strides(self, prefix: str) -> dict[str, int]:
+        """Template values ``<prefix>_batch, _block, _row, _origin``."""
+        return {f"{prefix}_batch": self.batch_stride, f"{prefix}_block": self.block_stride,
+                f"{prefix}_row": self.row_stride, f"{prefix}_origin": self.origin}
+
+    def window_origin(self, pad_top: int, pad_left: int) -> int:
+        """Offset of the first element a reader with this padding touches.
+
+        Negative padding (a crop, from conv_transpose lowering) moves the origin inwards.
+        """
+        top, left = self.halo[0] - pad_top, self.halo[2] - pad_left
+        if top < 0 or left < 0:
+            raise ValueError(f"halo {self.halo} is narrower than padding ({pad_top}, {pad_left})")
+        return top * self.row_stride + left * self.vector
+
+    def view(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
+        """(N, blocks, rows, cols, V) view of a flat buffer."""
+        return buffer[:self.size(n_batch)].reshape(n_batch, self.blocks, self.rows, self.cols,
+                                                   self.vector)
+
+    def interior(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
+        top, _, left, _ = self.halo
+        return self.view(buffer, n_batch)[:, :, top:top + self.height, left:left + self.width]
+
+    def to_nchw(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
+        """Reference conversion (numpy): the tensor as (N, C, H, W)."""
+        inner = self.interior(buffer, n_batch).transpose(0, 1, 4, 2, 3)
+        return inner.reshape(n_batch, self.blocks * self.vector, self.height,
+                             self.width)[:, :self.channels]
+
+    def from_nchw(self, x: np.ndarray, buffer: np.ndarray) -> None:
+        """Reference conversion (numpy): write (N, C, H, W) into the interior of ``buffer``."""
+        n_batch = x.shape[0]
+        inner = self.interior(buffer, n_batch)
+        padded = np.zeros((n_batch, self.blocks * self.vector, self.height, self.width),
+                          np.float32)
+        padded[:, :self.channels] = x
+        inner[...] = padded.reshape(n_batch, self.blocks, self.vector, self.height,
+                                    self.width).transpose(0, 1, 3, 4, 2)

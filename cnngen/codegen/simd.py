@@ -1,0 +1,195 @@
+"""Explicit SIMD vectors for Numba: a ``float32 x V`` value type and the few operations a
+convolution microkernel needs.
+
+LLVM's loop vectoriser guesses which loop to vectorise and often guesses wrong (gathers,
+stack spills). Kernels written with these intrinsics say exactly which values are vectors:
+``load``/``store`` move ``V`` contiguous floats, ``splat`` broadcasts one float, ``fma``
+is ``llvm.fma``. The width is a literal in the generated source, so one module serves
+AVX-512 (16), AVX2 (8) and SSE (4).
+
+Addresses are in-bounds GEPs from the array's data pointer plus a flat element offset:
+no negative-index wraparound and no bounds check. Generated kernels compute offsets that
+are in bounds by construction; the tests compare every kernel with the reference.
+"""
+from __future__ import annotations
+
+import operator
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.datamodel import models
+from numba.extending import intrinsic, overload, register_model
+
+
+class FloatVector(types.Type):
+    """A ``<width x float>`` register value."""
+
+    def __init__(self, width: int):
+        self.width = width
+        super().__init__(name=f"float32x{width}")
+
+
+@register_model(FloatVector)
+class FloatVectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.width))
+
+
+def _width(literal) -> int | None:
+    """The value of a literal integer argument (widths, tile sizes); None if not literal."""
+    return literal.literal_value if isinstance(literal, types.IntegerLiteral) else None
+
+
+def _float_array(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.dtype == types.float32
+
+
+def _address(context, builder, arrty, arr, offset, width=None):
+    """In-bounds pointer to element ``offset`` of ``arr`` (as a vector pointer if ``width``)."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    ptr = builder.gep(data, [offset], inbounds=True)
+    if width is None:
+        return ptr
+    return builder.bitcast(ptr, ir.VectorType(ir.FloatType(), width).as_pointer())
+
+
+@intrinsic
+def load(typingctx, arr, offset, width):
+    """``arr[offset:offset+width]`` as a vector."""
+    if not (_float_array(arr) and isinstance(offset, types.Integer)):
+        return None
+    v = _width(width)
+    if v is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1], v)
+        return builder.load(ptr, align=4)
+    return FloatVector(v)(arr, offset, width), codegen
+
+
+@intrinsic
+def store(typingctx, arr, offset, vec):
+    """``arr[offset:offset+width] = vec``."""
+    if not (_float_array(arr) and isinstance(offset, types.Integer)
+            and isinstance(vec, FloatVector)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _address(context, builder, sig.args[0], args[0], args[1], sig.args[2].width)
+        builder.store(args[2], ptr, align=4)
+        return context.get_dummy_value()
+    return types.none(arr, offset, vec), codegen
+
+
+@intrinsic
+def splat(typingctx, value, width):
+    """A vector with every lane equal to the scalar ``value``."""
+    if not isinstance(value, (types.Float, types.Integer)):
+        return None
+    v = _width(width)
+    if v is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
+        vec = ir.VectorType(ir.FloatType(), v)
+        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
+                                     ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), v),
+                                                            [0] * v))
+    return FloatVector(v)(value, width), codegen
+
+
+@intrinsic
+def broadcast(typingctx, arr, offset, width):
+    """A vector with every lane equal to ``arr[offset]`` (one broadcast load)."""
+    if not (_float_array(arr) and isinstance(offset, types.Integer)):
+        return None
+    v = _width(width)
+    if v is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        scalar = builder.load(_address(context, builder, sig.args[0], args[0], args[1]))
+        vec = ir.VectorType(ir.FloatType(), v)
+        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
+                                     ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), v),
+                                                            [0] * v))
+    return FloatVector(v)(arr, offset, width), codegen
+
+
+@intrinsic
+def zeros(typingctx, width):
+    v = _width(width)
+    if v is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.VectorType(ir.FloatType(), v), [0.0] * v)
+    return FloatVector(v)(width), codegen
+
+
+@intrinsic
+def lane(typingctx, vec, index):
+    """Lane ``index`` of ``vec`` as a float32 scalar."""
+    if not (isinstance(vec, FloatVector) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.int32)
+        return builder.extract_element(args[0], idx)
+    return types.float32(vec, index), codegen
+
+
+def _vector_fn(builder, name: str, width: int, arity: int):
+    vec = ir.VectorType(ir.FloatType(), width)
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec] * arity), f"llvm.{name}.v{width}f32")
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a*b + c`` lane by lane, one rounding."""
+    if not (isinstance(a, FloatVector) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_vector_fn(builder, "fma", a.width, 3), args)
+    return a(a, b, c), codegen
+
+
+def _binary(build: str):
+    def typer(typingctx, a, b):
+        if not (isinstance(a, FloatVector) and a == b):
+            return None
+
+        def codegen(context, builder, sig, args):
+            if build.startswith("llvm."):
+                return builder.call(_vector_fn(builder, build[5:], a.width, 2), args)
+            return getattr(builder, build)(args[0], args[1])
+        return a(a, b), codegen
+    typer.__name__ = build
+    return intrinsic(typer)
+
+
+vmax = _binary("llvm.maxnum")
+vmin = _binary("llvm.minnum")
+vadd = _binary("fadd")
+vsub = _binary("fsub")
+vmul = _binary("fmul")
+vdiv = _binary("fdiv")
+
+
+def _overload_operator(op, vector_fn):
+    @overload(op, inline="always")
+    def impl(a, b):
+        if isinstance(a, FloatVector) and a == b:
+            return lambda a, b: vector_fn(a, b)
+
+
+for _op, _fn in ((operator.add, vadd), (operator.sub, vsub), (operator.mul, vmul),
+                 (operator.truediv, vdiv)):
+    _overload_operator(_op, _fn)

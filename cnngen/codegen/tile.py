@@ -1,0 +1,177 @@
+"""The register tile of a convolution microkernel: ``rows x cols`` SIMD accumulators.
+
+A tile is one SSA value (an LLVM array of vectors) that LLVM splits into registers, so a
+template writes the oneDNN inner loop as one call per reduction step::
+
+    acc = tile_zeros(OC_VECS, OW_TILE, V)
+    for ...:
+        acc = tile_fma(acc, w, w_off, W_ROW, x, x_off, X_COL)   # rows loads, cols broadcasts
+    tile_store(out, out_off, OUT_ROW, OUT_COL, acc)
+
+``tile_fma`` emits straight-line IR: ``rows`` weight-vector loads, then for each column one
+broadcast load of ``x`` and ``rows`` FMAs. With rows*cols <= 28 every accumulator stays in
+one of AVX-512's 32 registers. ``tile_fma_lanes`` is the depthwise form: one weight vector
+times a vector load of ``x`` per column (no broadcast, no reduction across lanes).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core.datamodel import models
+from numba.extending import intrinsic, register_model
+
+from .simd import FloatVector, _address, _float_array, _vector_fn, _width
+
+
+class Tile(types.Type):
+    def __init__(self, rows: int, cols: int, width: int):
+        self.rows, self.cols, self.width = rows, cols, width
+        super().__init__(name=f"tile{rows}x{cols}x{width}")
+
+
+@register_model(Tile)
+class TileModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        vec = ir.VectorType(ir.FloatType(), fe_type.width)
+        super().__init__(dmm, fe_type, ir.ArrayType(vec, fe_type.rows * fe_type.cols))
+
+
+def _splat(builder, scalar, width):
+    vec = ir.VectorType(ir.FloatType(), width)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one,
+                                  ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+
+
+def _offset(builder, base, stride, k):
+    return builder.add(base, builder.mul(stride, ir.Constant(stride.type, k)))
+
+
+@intrinsic
+def tile_zeros(typingctx, rows, cols, width):
+    sizes = (_width(rows), _width(cols), _width(width))
+    if None in sizes:
+        return None
+    tile = Tile(*sizes)
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), tile.width)
+        zero = ir.Constant(vec, [0.0] * tile.width)
+        return ir.Constant(ir.ArrayType(vec, tile.rows * tile.cols), [zero] * (tile.rows * tile.cols))
+    return tile(rows, cols, width), codegen
+
+
+def _ints(*args) -> bool:
+    return all(isinstance(a, types.Integer) for a in args)
+
+
+@intrinsic
+def tile_fma(typingctx, acc, w, w_off, w_row, x, x_off, x_col):
+    """acc[r][c] += w[w_off + r*w_row : +V] * x[x_off + c*x_col] (broadcast)."""
+    if not (isinstance(acc, Tile) and _float_array(w) and _float_array(x)
+            and _ints(w_off, w_row, x_off, x_col)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        tile, wv, w_off_, w_row_, xv, x_off_, x_col_ = args
+        w_ty, x_ty = sig.args[1], sig.args[4]
+        w_off_, w_row_, x_off_, x_col_ = (context.cast(builder, v, t, types.intp) for v, t in zip(
+            (w_off_, w_row_, x_off_, x_col_), (sig.args[2], sig.args[3], sig.args[5], sig.args[6])))
+        fma = _vector_fn(builder, "fma", acc.width, 3)
+        weights = [builder.load(_address(context, builder, w_ty, wv,
+                                         _offset(builder, w_off_, w_row_, r), acc.width), align=4)
+                   for r in range(acc.rows)]
+        for c in range(acc.cols):
+            scalar = builder.load(_address(context, builder, x_ty, xv,
+                                           _offset(builder, x_off_, x_col_, c)))
+            b = _splat(builder, scalar, acc.width)
+            for r in range(acc.rows):
+                i = r * acc.cols + c
+                tile = builder.insert_value(
+                    tile, builder.call(fma, [weights[r], b, builder.extract_value(tile, i)]), i)
+        return tile
+    return acc(acc, w, w_off, w_row, x, x_off, x_col), codegen
+
+
+@intrinsic
+def tile_fma_lanes(typingctx, acc, wvec, x, x_off, x_col):
+    """acc[0][c] += wvec * x[x_off + c*x_col : +V] (depthwise: no broadcast)."""
+    if not (isinstance(acc, Tile) and acc.rows == 1 and isinstance(wvec, FloatVector)
+            and _float_array(x) and _ints(x_off, x_col)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        tile, wv, xv, x_off_, x_col_ = args
+        x_off_, x_col_ = (context.cast(builder, v, t, types.intp)
+                          for v, t in zip((x_off_, x_col_), (sig.args[3], sig.args[4])))
+        fma = _vector_fn(builder, "fma", acc.width, 3)
+        for c in range(acc.cols):
+            xval = builder.load(_address(context, builder, sig.args[2], xv,
+                                         _offset(builder, x_off_, x_col_, c), acc.width), align=4)
+            tile = builder.insert_value(tile, builder.call(fma, [wv, xval, builder.extract_value(tile, c)]), c)
+        return tile
+    return acc(acc, wvec, x, x_off, x_col), codegen
+
+
+@intrinsic
+def tile_get(typingctx, acc, row, col):
+    """The accumulator vector at (row, col); both must be literal."""
+    if not isinstance(acc, Tile):
+        return None
+    r, c = _width(row), _width(col)
+    if r is None or c is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_value(args[0], r * acc.cols + c)
+    return FloatVector(acc.width)(acc, row, col), codegen
+
+
+@intrinsic
+def tile_store(typingctx, out, off, row_stride, col_stride, acc, cols):
+    """Store the first ``cols`` columns: out[off + r*row_stride + c*col_stride : +V] = acc[r][c].
+
+    ``cols`` is a literal <= acc.cols, so a tail tile at the right edge stores only what lies
+    inside the output row.
+    """
+    if not (isinstance(acc, Tile) and _float_array(out) and _ints(off, row_stride, col_stride)):
+        return None
+    n_cols = _width(cols)
+    if n_cols is None or n_cols > acc.cols:
+        return None
+
+    def codegen(context, builder, sig, args):
+        outv, off_, rs, cs, tile, _ = args
+        off_, rs, cs = (context.cast(builder, v, t, types.intp)
+                        for v, t in zip((off_, rs, cs), sig.args[1:4]))
+        for r in range(acc.rows):
+            row = _offset(builder, off_, rs, r)
+            for c in range(n_cols):
+                ptr = _address(context, builder, sig.args[0], outv, _offset(builder, row, cs, c), acc.width)
+                builder.store(builder.extract_value(tile, r * acc.cols + c), ptr, align=4)
+        return context.get_dummy_value()
+    return types.none(out, off, row_stride, col_stride, acc, cols), codegen
+
+
+@intrinsic
+def tile_load(typingctx, arr, off, row_stride, col_stride, rows, cols, width):
+    """A tile read from memory: acc[r][c] = arr[off + r*row_stride + c*col_stride : +V]."""
+    sizes = (_width(rows), _width(cols), _width(width))
+    if None in sizes or not (_float_array(arr) and _ints(off, row_stride, col_stride)):
+        return None
+    tile = Tile(*sizes)
+
+    def codegen(context, builder, sig, args):
+        arrv, off_, rs, cs = args[:4]
+        off_, rs, cs = (context.cast(builder, v, t, types.intp)
+                        for v, t in zip((off_, rs, cs), sig.args[1:4]))
+        vec = ir.VectorType(ir.FloatType(), tile.width)
+        value = ir.Constant(ir.ArrayType(vec, tile.rows * tile.cols), ir.Undefined)
+        for r in range(tile.rows):
+            row = _offset(builder, off_, rs, r)
+            for c in range(tile.cols):
+                ptr = _address(context, builder, sig.args[0], arrv, _offset(builder, row, cs, c), tile.width)
+                value = builder.insert_value(value, builder.load(ptr, align=4), r * tile.cols + c)
+        return value
+    return tile(arr, off, row_stride, col_stride, rows, cols, width), codegen

@@ -1,0 +1,1 @@
+"""Running compiled networks: plans per batch size and CompiledNet."""

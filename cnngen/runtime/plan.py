@@ -1,0 +1,117 @@
+"""A graph specialised to one batch size: layouts, buffers, compiled kernels, steps.
+
+Building a plan lowers every layer to kernel calls, compiles (or loads from the cache)
+each distinct kernel, allocates every buffer once, zero-filled, so halos stay zero, and
+packs the weights into the kernels' layouts. Running it is a loop over steps.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..codegen.cache import KernelCache, LoadedKernel
+from ..codegen.cpu import HALO, LOWER, Lowering
+from ..codegen.cpu.edges import from_blocked, to_blocked
+from ..codegen.kernel import Buffer, Call, Const
+from ..codegen.layout import Blocked
+from ..ir import Graph
+from ..schedule import Schedule
+from ..target import Target
+
+
+def plan_layouts(graph: Graph, vector: int) -> dict[str, Blocked]:
+    """Blocked layout of every tensor, with the widest halo any of its readers needs."""
+    halos = {name: (0, 0, 0, 0) for name in (graph.input_name, *(n.name for n in graph.nodes))}
+    for node in graph.nodes:
+        if node.op in HALO:
+            src = node.inputs[0]
+            halos[src] = tuple(map(max, halos[src], HALO[node.op](node)))
+    return {name: Blocked.of(graph.type_of(name), vector, halo) for name, halo in halos.items()}
+
+
+@dataclass
+class Step:
+    """One kernel launch with its arguments bound. ``step()`` runs it."""
+
+    call: Call
+    kernel: LoadedKernel
+    args: list
+
+    @property
+    def edge(self) -> bool:
+        return self.call.edge
+
+    @property
+    def layer(self) -> str:
+        return self.call.layer
+
+    def __call__(self) -> None:
+        self.kernel.fn(*self.args)
+
+
+class Plan:
+    def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
+                 params: dict[str, dict[str, np.ndarray]],
+                 schedules: dict[str, Schedule] | None = None):
+        self.graph, self.n_batch, self.target = graph, n_batch, target
+        self.layouts = plan_layouts(graph, target.vector)
+        calls, temps = self._lower(schedules or {})
+        self.buffers = {name: np.zeros(layout.size(n_batch), np.float32)
+                        for name, layout in {**self.layouts, **temps}.items()}
+        out = graph.output.name
+        self.buffers[f"{graph.input_name}:nchw"] = np.zeros(n_batch * graph.input.size, np.float32)
+        self.buffers[f"{out}:nchw"] = np.zeros(n_batch * graph.output.out.size, np.float32)
+        self.consts: dict[Const, np.ndarray] = {}
+        self.update_weights(params, calls)
+        start = time.perf_counter()
+        self.steps = [Step(call, cache.load(call.kernel.name(target), call.kernel.source(target),
+                                            target), [self._bind(a) for a in call.args])
+                      for call in calls]
+        self.compile_seconds = time.perf_counter() - start
+
+    def _lower(self, schedules):
+        graph, layouts = self.graph, self.layouts
+        calls = [to_blocked(graph.input_name, layouts[graph.input_name], self.n_batch)]
+        temps: dict[str, Blocked] = {}
+        for node in graph.nodes:
+            low = Lowering(node, tuple(layouts[i] for i in node.inputs), layouts[node.name],
+                           self.n_batch, self.target, schedules.get(node.name),
+                           tuple(layouts[r] for r in node.refs), temps)
+            calls += LOWER[node.op](low)
+        calls.append(from_blocked(graph.output.name, layouts[graph.output.name], self.n_batch))
+        return calls, temps
+
+    def _bind(self, arg):
+        return self.consts[arg] if isinstance(arg, Const) else self.buffers[arg.name]
+
+    def update_weights(self, params: dict[str, dict[str, np.ndarray]], calls=None) -> None:
+        """Repack every constant from ``params``, in place, so bound steps see the new values."""
+        for call in calls if calls is not None else [s.call for s in self.steps]:
+            for arg in call.args:
+                if isinstance(arg, Const):
+                    packed = np.ascontiguousarray(arg.pack(params.get(arg.layer, {})), np.float32)
+                    if arg in self.consts:
+                        self.consts[arg][...] = packed
+                    else:
+                        self.consts[arg] = packed
+
+    def set_input(self, x: np.ndarray) -> None:
+        """Copy a checked (N, C, ...) float32 batch into the input edge buffer."""
+        self.buffers[f"{self.graph.input_name}:nchw"][...] = x.reshape(-1)
+
+    def run(self) -> None:
+        for step in self.steps:
+            step()
+
+    def output(self) -> np.ndarray:
+        """The last run's output as (N, *output shape), a view valid until the next run."""
+        flat = self.buffers[f"{self.graph.output.name}:nchw"]
+        return flat.reshape(self.n_batch, *self.graph.output.out.shape)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Any layer's activation from the last run as (N, C, ...) (for tests and debugging)."""
+        layout = self.layouts[name]
+        shape = self.graph.type_of(name).shape
+        return layout.to_nchw(self.buffers[name], self.n_batch).reshape(self.n_batch, *shape)

@@ -1,0 +1,117 @@
+"""How a kernel runs: small frozen values, one kind per kernel family, and their defaults.
+
+A schedule never changes what a kernel computes, only how: the register tile, the
+reduction blocking, the parallel task split. ``default(workload, target)`` is the
+heuristic; an explicit schedule or a tuning-database record takes precedence over it.
+``str(schedule)`` is the compact form used in kernel names (``oc2_ow14_ic4_rows1``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .target import Target
+
+# AVX-512 has 32 vector registers; leave room for weights and the broadcast operand.
+MAX_ACCUMULATORS = 28
+
+
+@dataclass(frozen=True)
+class Schedule:
+    def __str__(self) -> str:
+        return "_".join(f"{f.metadata.get('short', f.name)}{getattr(self, f.name)}"
+                        for f in fields(self))
+
+
+def _knob(short: str):
+    from dataclasses import field
+    return field(metadata={"short": short})
+
+
+@dataclass(frozen=True)
+class ConvSchedule(Schedule):
+    """Direct convolution on the blocked layout.
+
+    ``oc_vecs`` x ``ow_tile`` accumulators form the register tile (output-channel vectors by
+    output pixels of one row). ``ic_block`` input-channel vectors are reduced per pass over
+    a row, so that their weights stay in L1 while the row's tiles reuse them. A parallel
+    task is ``rows`` output rows of one (image, output-channel group).
+    """
+
+    oc_vecs: int = _knob("oc")
+    ow_tile: int = _knob("ow")
+    ic_block: int = _knob("ic")
+    rows: int = _knob("rows")
+
+
+@dataclass(frozen=True)
+class DepthwiseSchedule(Schedule):
+    """Depthwise convolution vectorised over one channel block; ``ow_tile`` pixels per tile."""
+
+    ow_tile: int = _knob("ow")
+    rows: int = _knob("rows")
+
+
+@dataclass(frozen=True)
+class DenseSchedule(Schedule):
+    """GEMM microkernel: ``unit_vecs`` output vectors by ``batch_tile`` samples."""
+
+    unit_vecs: int = _knob("u")
+    batch_tile: int = _knob("n")
+
+
+@dataclass(frozen=True)
+class ConvWorkload:
+    """What a conv kernel computes, as far as scheduling cares (channel counts per group)."""
+
+    n_batch: int
+    c_in: int
+    c_out: int
+    h_out: int
+    w_out: int
+    k_h: int
+    k_w: int
+    depthwise: bool = False
+
+
+def _tasks_wanted(target: Target) -> int:
+    return 8 * target.cores
+
+
+def conv_default(work: ConvWorkload, target: Target) -> ConvSchedule:
+    """Tile about 28 accumulators, favouring wide pixel tiles that divide the row."""
+    v = target.vector
+    oc_blocks = -(-work.c_out // v)
+    best = None
+    for oc_vecs in (4, 3, 2, 1):
+        if oc_vecs > oc_blocks or oc_blocks % oc_vecs:
+            continue
+        limit = min(MAX_ACCUMULATORS // oc_vecs, work.w_out)
+        # Balanced tiles: as few as the limit allows, of nearly equal width.
+        ow_tile = -(-work.w_out // -(-work.w_out // limit))
+        score = (oc_vecs * ow_tile, oc_vecs == 2, ow_tile)
+        if best is None or score > best[0]:
+            best = (score, oc_vecs, ow_tile)
+    _, oc_vecs, ow_tile = best
+    ic_vecs = -(-work.c_in // v)
+    # Weights of one ic block: ic_block*V input channels x k_h*k_w x oc_vecs vectors.
+    per_vec = v * work.k_h * work.k_w * oc_vecs * v * 4
+    ic_block = max(1, min(ic_vecs, target.l1d_bytes // 2 // per_vec))
+    while ic_vecs % ic_block:
+        ic_block -= 1
+    groups = work.n_batch * (oc_blocks // oc_vecs)
+    rows = 1
+    while groups * (-(-work.h_out // (rows * 2))) >= _tasks_wanted(target) and rows < 8:
+        rows *= 2
+    return ConvSchedule(oc_vecs, ow_tile, ic_block, rows)
+
+
+def depthwise_default(work: ConvWorkload, target: Target) -> DepthwiseSchedule:
+    ow_tile = min(work.w_out, 28 - work.k_h * work.k_w if work.k_h * work.k_w < 20 else 8)
+    return DepthwiseSchedule(max(1, ow_tile), 1)
+
+
+def dense_default(n_batch: int, units: int, target: Target) -> DenseSchedule:
+    unit_blocks = -(-units // target.vector)
+    unit_vecs = next(u for u in (4, 3, 2, 1) if unit_blocks % u == 0)
+    batch_tile = min(n_batch, MAX_ACCUMULATORS // unit_vecs, 6)
+    return DenseSchedule(unit_vecs, batch_tile)
