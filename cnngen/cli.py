@@ -1,5 +1,6 @@
 """The ``cnngen`` command line. ``cnngen check SPEC`` validates a spec and prints its
-per-layer summary; SPEC is a .yaml/.json path or ``zoo:NAME`` (see ``cnngen zoo``).
+per-layer summary; ``cnngen compile SPEC`` generates and compiles its kernels and says
+which came from the cache. SPEC is a .yaml/.json path or ``zoo:NAME`` (see ``cnngen zoo``).
 
 Exit status: 0 when valid, 1 for an invalid spec (the message goes to stderr), 2 for a
 command-line mistake.
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from . import zoo
 from .errors import CnngenError
@@ -38,6 +40,35 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from .runtime.compiled import compile as compile_net
+
+    net = compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir)
+    start = time.perf_counter()
+    plan = net.plan(args.batch)
+    total = time.perf_counter() - start
+    print(f"{net.graph.name}: batch {args.batch}, {net.target}")
+    print(f"cache: {net.cache.dir}")
+    seen = set()
+    rows = []
+    for step in plan.steps:
+        if step.kernel.path in seen:
+            continue
+        seen.add(step.kernel.path)
+        rows.append((step.layer, step.kernel.name,
+                     "cache" if step.kernel.cache_hit else "compiled", step.kernel.seconds))
+    width = max(len(r[1]) for r in rows)
+    layer_width = max(len(r[0]) for r in rows)
+    for layer, name, how, seconds in rows:
+        print(f"  {layer:<{layer_width}}  {name:<{width}}  {how:<8}  {seconds:6.2f} s")
+    hits = [r for r in rows if r[2] == "cache"]
+    built = [r for r in rows if r[2] == "compiled"]
+    print(f"{len(rows)} kernels for {len(plan.steps)} steps: {len(built)} compiled in "
+          f"{sum(r[3] for r in built):.2f} s, {len(hits)} loaded from the cache in "
+          f"{sum(r[3] for r in hits):.2f} s; {total:.2f} s in all")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     for name in zoo.MODELS:
         print(f"{ZOO_PREFIX}{name}")
@@ -52,6 +83,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(run=cmd_check)
+    k = sub.add_parser("compile", help="generate and compile the kernels of a spec; print "
+                                       "each kernel, its compile time and cache hits")
+    k.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
+    k.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
+    k.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
+    k.add_argument("--cache-dir", default=None,
+                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    k.set_defaults(run=cmd_compile)
     z = sub.add_parser("zoo", help="list the built-in architectures")
     z.set_defaults(run=cmd_zoo)
     return p

@@ -77,3 +77,28 @@ def test_output_cut_short_by_a_closed_pipe_is_not_an_error():
     command = f"{sys.executable} -m cnngen check zoo:efficientnet_b0 | head -1"
     result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
     assert result.stderr == ""
+
+
+def test_compile_builds_then_loads_from_the_cache_in_a_fresh_process(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text("cnngen: 1\nname: two\ninput: {shape: [3, 12, 12]}\nlayers:\n"
+                    "  - {name: c1, op: conv2d, filters: 8, kernel: 3, padding: same, activation: relu}\n"
+                    "  - {name: c2, op: conv2d, filters: 4, kernel: 3, stride: 2}\n")
+    cache = tmp_path / "kernels"
+    first = cnngen("compile", str(spec), "--cache-dir", str(cache), "--batch", "2")
+    assert first.returncode == 0, first.stderr
+    assert "two: batch 2" in first.stdout
+    assert "conv2d_relu__nchw" in first.stdout and "compiled" in first.stdout
+    assert "4 kernels for 4 steps: 4 compiled" in first.stdout
+    second = cnngen("compile", str(spec), "--cache-dir", str(cache), "--batch", "2")
+    assert second.returncode == 0, second.stderr
+    assert "0 compiled in 0.00 s, 4 loaded from the cache" in second.stdout
+
+
+def test_compile_reports_spec_errors(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("cnngen: 1\nname: bad\ninput: {shape: [3, 4, 4]}\nlayers:\n"
+                    "  - {name: c1, op: conv2d, filters: 8, kernel: 5}\n")
+    result = cnngen("compile", str(spec), "--cache-dir", str(tmp_path / "k"))
+    assert result.returncode == 1
+    assert "c1" in result.stderr and "kernel" in result.stderr

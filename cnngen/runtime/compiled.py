@@ -71,6 +71,9 @@ class CompiledNet:
 
     def plan(self, n_batch: int) -> Plan:
         """The plan for batch size ``n_batch``: built and compiled on first use."""
+        if isinstance(n_batch, bool) or not isinstance(n_batch, (int, np.integer)) or n_batch < 1:
+            raise InputError(f"batch size: expected an integer >= 1; received {n_batch!r}.")
+        n_batch = int(n_batch)
         if n_batch not in self._plans:
             self._plans[n_batch] = Plan(self.graph, n_batch, self.target, self.cache,
                                         self._weights, self.schedules)

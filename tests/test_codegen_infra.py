@@ -1,0 +1,167 @@
+"""Target detection, template rendering and the kernel cache."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cnngen
+from cnngen.codegen import render
+from cnngen.codegen.cache import KernelCache
+from cnngen.errors import CnngenError
+from cnngen.target import ISA_WIDTH, cpu, host, resolve
+
+
+def test_host_target_is_stable_and_readable():
+    t = host()
+    assert t.vector == ISA_WIDTH[t.isa]
+    assert t.cores >= 1 and t.l1d_bytes > 0
+    assert t.fingerprint == host().fingerprint
+    assert t.isa in str(t) and t.cpu_name in str(t)
+
+
+def test_narrowed_target_has_its_own_width_and_fingerprint():
+    if host().vector < 8:
+        pytest.skip("host has no AVX2")
+    avx2 = resolve("cpu-avx2")
+    assert avx2.vector == 8 and avx2.isa == "avx2"
+    assert avx2.fingerprint != host().fingerprint or host().isa == "avx2"
+    assert resolve("cpu-sse").vector == 4
+
+
+def test_unknown_or_unavailable_targets_are_errors():
+    with pytest.raises(CnngenError, match="unknown target 'tpu'"):
+        resolve("tpu")
+    with pytest.raises(CnngenError, match="unknown instruction set 'neon'"):
+        cpu("neon")
+    if host().isa != "avx512":
+        with pytest.raises(CnngenError, match="has no avx512"):
+            cpu("avx512")
+
+
+def test_render_refuses_missing_and_unused_holes(monkeypatch, tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "t.py.tmpl").write_text("# ${kernel_name}\nA = ${a}\nB = ${b}\n")
+    monkeypatch.setattr(render, "templates_dir", lambda: tmp_path)
+    render.template_text.cache_clear()
+    try:
+        assert render.render("cpu", "t", {"a": 1, "b": 2.5}, {"kernel_name": "k"}) == "# k\nA = 1\nB = 2.5\n"
+        with pytest.raises(KeyError, match=r"missing holes \['b'\]"):
+            render.render("cpu", "t", {"a": 1}, {"kernel_name": "k"})
+        with pytest.raises(KeyError, match=r"unused values \['c'\]"):
+            render.render("cpu", "t", {"a": 1, "b": 2, "c": 3}, {"kernel_name": "k"})
+    finally:
+        render.template_text.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["x; import os", "a b", float("inf"), float("nan"), [1, 2], None, (1, "a")])
+def test_only_checked_literals_reach_source(value):
+    with pytest.raises(ValueError):
+        render.literal(value)
+
+
+def test_literals():
+    assert render.literal(3) == "3"
+    assert render.literal(True) == "True"
+    assert render.literal(0.01) == "0.01"
+    assert render.literal("relu") == "relu"
+    assert render.literal((1, 2)) == "(1, 2, )"
+
+
+def test_header_text_cannot_inject_code(monkeypatch, tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "t.py.tmpl").write_text("# ${kernel_name}\nA = 1\n")
+    monkeypatch.setattr(render, "templates_dir", lambda: tmp_path)
+    render.template_text.cache_clear()
+    try:
+        text = render.render("cpu", "t", {}, {"kernel_name": "k\nimport os"})
+        assert text.splitlines()[0] == "# k import os" and len(text.splitlines()) == 2
+    finally:
+        render.template_text.cache_clear()
+
+
+KERNEL = textwrap.dedent('''
+    from numba import njit
+    SCALE = {scale}
+
+    @njit("void(float32[::1])", cache=True)
+    def kernel(x):
+        for i in range(x.shape[0]):
+            x[i] *= SCALE
+''')
+
+
+def run_kernel(loaded, values):
+    import numpy as np
+    x = np.array(values, np.float32)
+    loaded.fn(x)
+    return x.tolist()
+
+
+def test_cache_compiles_once_then_hits_in_a_fresh_process(tmp_path):
+    source = KERNEL.format(scale=3.0)
+    first = KernelCache(tmp_path).load("scale", source, host())
+    assert not first.cache_hit and first.path.parent == tmp_path
+    assert run_kernel(first, [1, 2]) == [3, 6]
+    script = textwrap.dedent(f'''
+        from cnngen.codegen.cache import KernelCache
+        from cnngen.target import host
+        k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
+        print(k.cache_hit, k.path.name)
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", first.path.name]
+
+
+def test_cache_key_covers_source_and_target(tmp_path):
+    cache = KernelCache(tmp_path)
+    a = cache.load("scale", KERNEL.format(scale=2.0), host())
+    b = cache.load("scale", KERNEL.format(scale=5.0), host())
+    assert a.path != b.path
+    assert run_kernel(a, [1]) == [2] and run_kernel(b, [1]) == [5]
+    if host().vector >= 8:
+        c = cache.load("scale", KERNEL.format(scale=2.0), resolve("cpu-avx2"))
+        assert c.path != a.path
+
+
+def test_corrupt_source_file_is_rewritten_not_trusted(tmp_path):
+    source = KERNEL.format(scale=7.0)
+    path = KernelCache(tmp_path).load("scale", source, host()).path
+    path.write_text(source.replace("SCALE = 7.0", "SCALE = -1.0"))
+    again = KernelCache(tmp_path).load("scale", source, host())
+    assert path.read_text() == source
+    assert run_kernel(again, [1]) == [7]
+
+
+def test_corrupt_numba_cache_entry_is_rebuilt(tmp_path):
+    source = KERNEL.format(scale=4.0)
+    path = KernelCache(tmp_path).load("scale", source, host()).path
+    entries = list((tmp_path / "__pycache__").glob(f"{path.stem}.*"))
+    assert entries
+    for entry in entries:
+        entry.write_bytes(b"\x80garbage")
+    script = textwrap.dedent(f'''
+        from cnngen.codegen.cache import KernelCache
+        from cnngen.target import host
+        import numpy as np
+        k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
+        x = np.ones(2, np.float32); k.fn(x); print(x.tolist())
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[4.0, 4.0]"
+
+
+def test_no_temporary_files_are_left_behind(tmp_path):
+    KernelCache(tmp_path).load("scale", KERNEL.format(scale=1.5), host())
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    from cnngen.codegen.cache import default_dir
+    monkeypatch.setenv("CNNGEN_CACHE_DIR", str(tmp_path / "k"))
+    assert default_dir() == tmp_path / "k"
+    monkeypatch.delenv("CNNGEN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_dir() == tmp_path / "cnngen"
