@@ -96,7 +96,8 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
     kernel_spec = spec(
         "conv2d", ops, f"nchw{v}c", s, flops=flops,
         bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch) + oc_blocks * ic_vecs * v * v * kernel[0] * kernel[1]),
-        **activation_values(low.node.attrs["activation"]), epilogue=True,
+        **activation_values(low.node.attrs["activation"]),
+        epilogue=low.node.attrs["activation"] != "identity" or bool(low.node.attrs["bias"]),
         n_batch=low.n_batch, h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,
