@@ -2,25 +2,28 @@
 
 Numba cannot cache ``exec``'d source, so each kernel is written to
 ``<cache>/<name>_<key>.py``, imported as a module registered in ``sys.modules`` under its
-file stem, and compiled with ``njit(signature, cache=True)`` at import. Numba then keeps
+file stem, and compiled at import (each kernel is a ``cfunc(TASK, cache=True)`` task body, see parallel.py). Numba then keeps
 the machine code beside it in ``__pycache__``; a fresh process loads it in a fraction of
 the compile time.
 
 The key hashes the source (template, schedule, shapes and target are all in it), the
 numba and llvmlite versions, the target fingerprint and the kernel runtime modules
-(simd, tile, vecmath), which Numba's own cache does not track. A file whose text is not
+(simd, tile, vecmath, parallel), which Numba's own cache does not track. A file whose text is not
 exactly the source is rewritten; a Numba cache entry that fails to load is deleted and
 rebuilt. Files are written to a temporary name and renamed, so an interrupted write never
 leaves a half file under the real name.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,9 @@ import numba
 
 from ..target import Target
 
-RUNTIME_MODULES = ("simd.py", "tile.py", "vecmath.py")
+RUNTIME_MODULES = ("simd.py", "tile.py", "vecmath.py", "parallel.py")
+# Below this many new kernels, starting worker processes costs more than it saves.
+PARALLEL_FROM = 3
 
 
 def default_dir() -> Path:
@@ -59,6 +64,7 @@ class LoadedKernel:
 
     name: str
     fn: object
+    tasks: int
     path: Path
     seconds: float
     cache_hit: bool
@@ -93,6 +99,23 @@ def _import(module_name: str, path: Path):
     return module
 
 
+def _compile_in_worker(stem: str, path: str) -> float:
+    """Import (and so compile and cache) one kernel file; the seconds it took."""
+    start = time.perf_counter()
+    _import(stem, Path(path))
+    return time.perf_counter() - start
+
+
+@functools.cache
+def _compile_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes kept for the life of this one, so they start (and warm up) once."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _has_machine_code(path: Path) -> bool:
+    return any((path.parent / "__pycache__").glob(f"{path.stem}.*.nbi"))
+
+
 def _clear_numba_cache(path: Path) -> None:
     for stale in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
         stale.unlink(missing_ok=True)
@@ -105,13 +128,10 @@ class KernelCache:
         self.dir = Path(directory) if directory is not None else default_dir()
         self._loaded: dict[str, LoadedKernel] = {}
 
-    def load(self, name: str, source: str, target: Target) -> LoadedKernel:
-        """The kernel ``kernel`` defined by ``source``: from this process, disk, or compiled."""
-        stem = f"{name}_{kernel_key(source, target)}"
-        if stem in self._loaded:
-            return self._loaded[stem]
+    def _file(self, name: str, source: str, target: Target) -> Path:
+        """The kernel's source file, written (atomically) unless it holds exactly ``source``."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{stem}.py"
+        path = self.dir / f"{name}_{kernel_key(source, target)}.py"
         try:
             current = path.read_text()
         except (OSError, UnicodeDecodeError):
@@ -119,17 +139,57 @@ class KernelCache:
         if current != source:
             _clear_numba_cache(path)
             _write_atomic(path, source)
+        return path
+
+    def load(self, name: str, source: str, target: Target,
+             compiled_seconds: float | None = None) -> LoadedKernel:
+        """The kernel ``kernel`` defined by ``source``: from this process, disk, or compiled.
+
+        ``compiled_seconds`` says that another process has just compiled it (load_all).
+        """
+        path = self._file(name, source, target)
+        if path.stem in self._loaded:
+            return self._loaded[path.stem]
         start = time.perf_counter()
         try:
-            module = _import(stem, path)
+            module = _import(path.stem, path)
         except Exception:
             # A damaged Numba index or object file: throw it away and compile afresh.
             _clear_numba_cache(path)
             start = time.perf_counter()
-            module = _import(stem, path)
+            module = _import(path.stem, path)
         seconds = time.perf_counter() - start
-        fn = module.kernel
-        hit = sum(fn.stats.cache_hits.values()) > 0
-        loaded = LoadedKernel(name, fn, path, seconds, hit)
-        self._loaded[stem] = loaded
+        if hasattr(module, "task"):
+            fn = module.task
+            hit = fn.cache_hits > 0
+        else:  # transitional: a whole-kernel njit function, called directly (tasks = 0)
+            fn = module.kernel
+            hit = sum(fn.stats.cache_hits.values()) > 0
+        if compiled_seconds is not None and hit:
+            seconds, hit = compiled_seconds + seconds, False
+        loaded = LoadedKernel(name, fn, getattr(module, "TASKS", 0), path, seconds, hit)
+        self._loaded[path.stem] = loaded
         return loaded
+
+    def load_all(self, kernels: list[tuple[str, str]], target: Target) -> list[LoadedKernel]:
+        """``load`` for many (name, source) pairs; kernels not yet on disk compile in parallel.
+
+        Numba compiles under a process-wide lock, so the parallelism is one worker process
+        per core. Each worker compiles into the on-disk cache; this process then loads.
+        """
+        paths = {self._file(name, source, target) for name, source in kernels}
+        todo = sorted(p for p in paths if p.stem not in self._loaded and not _has_machine_code(p))
+        seconds: dict[str, float] = {}
+        if target.cores >= 2 and len(todo) >= PARALLEL_FROM:
+            try:
+                pool = _compile_pool(target.cores)
+                for path, took in zip(todo, pool.map(_compile_in_worker, [p.stem for p in todo],
+                                                     [str(p) for p in todo])):
+                    seconds[path.stem] = took
+            except Exception:
+                # A worker died or a kernel failed to compile there: compile here instead,
+                # where the error (if any) reaches the caller with its traceback.
+                _compile_pool.cache_clear()
+        return [self.load(name, source, target,
+                          seconds.get(f"{name}_{kernel_key(source, target)}"))
+                for name, source in kernels]

@@ -42,12 +42,18 @@ def _width(literal) -> int | None:
 
 
 def _float_array(arr) -> bool:
+    """A float32 array or a raw float32 pointer (what kernel tasks receive)."""
+    if isinstance(arr, types.CPointer):
+        return arr.dtype == types.float32
     return isinstance(arr, types.Array) and arr.dtype == types.float32
 
 
 def _address(context, builder, arrty, arr, offset, width=None):
     """In-bounds pointer to element ``offset`` of ``arr`` (as a vector pointer if ``width``)."""
-    data = context.make_array(arrty)(context, builder, arr).data
+    if isinstance(arrty, types.CPointer):
+        data = arr
+    else:
+        data = context.make_array(arrty)(context, builder, arr).data
     ptr = builder.gep(data, [offset], inbounds=True)
     if width is None:
         return ptr

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codegen.cache import KernelCache, LoadedKernel
+from ..codegen.parallel import MAX_ARGS, run_parallel, run_serial
 from ..codegen.cpu import HALO, LOWER, Lowering
 from ..codegen.cpu.edges import from_blocked, to_blocked
 from ..codegen.kernel import Buffer, Call, Const
@@ -31,6 +32,17 @@ def plan_layouts(graph: Graph, vector: int) -> dict[str, Blocked]:
     return {name: Blocked.of(graph.type_of(name), vector, halo) for name, halo in halos.items()}
 
 
+# Below this much work a kernel runs on the calling thread: waking the pool costs more.
+PARALLEL_FLOPS = 2_000_000
+PARALLEL_BYTES = 256 << 10
+UNUSED = np.zeros(1, np.float32)
+
+
+def worth_parallel(call: Call, kernel: LoadedKernel, cores: int) -> bool:
+    return (cores > 1 and kernel.tasks > 1
+            and (call.kernel.flops >= PARALLEL_FLOPS or call.kernel.bytes >= PARALLEL_BYTES))
+
+
 @dataclass
 class Step:
     """One kernel launch with its arguments bound. ``step()`` runs it."""
@@ -38,6 +50,7 @@ class Step:
     call: Call
     kernel: LoadedKernel
     args: list
+    parallel: bool
 
     @property
     def edge(self) -> bool:
@@ -48,7 +61,11 @@ class Step:
         return self.call.layer
 
     def __call__(self) -> None:
-        self.kernel.fn(*self.args)
+        if self.kernel.tasks == 0:
+            self.kernel.fn(*self.args[:len(self.call.args)])
+            return
+        run = run_parallel if self.parallel else run_serial
+        run(self.kernel.fn, self.kernel.tasks, *self.args)
 
 
 class Plan:
@@ -66,9 +83,11 @@ class Plan:
         self.consts: dict[Const, np.ndarray] = {}
         self.update_weights(params, calls)
         start = time.perf_counter()
-        self.steps = [Step(call, cache.load(call.kernel.name(target), call.kernel.source(target),
-                                            target), [self._bind(a) for a in call.args])
-                      for call in calls]
+        kernels = cache.load_all([(c.kernel.name(target), c.kernel.source(target)) for c in calls],
+                                 target)
+        self.steps = [Step(call, kernel, self._bind_all(call.args),
+                           worth_parallel(call, kernel, target.cores))
+                      for call, kernel in zip(calls, kernels)]
         self.compile_seconds = time.perf_counter() - start
 
     def _lower(self, schedules):
@@ -83,8 +102,9 @@ class Plan:
         calls.append(from_blocked(graph.output.name, layouts[graph.output.name], self.n_batch))
         return calls, temps
 
-    def _bind(self, arg):
-        return self.consts[arg] if isinstance(arg, Const) else self.buffers[arg.name]
+    def _bind_all(self, args) -> list[np.ndarray]:
+        bound = [self.consts[a] if isinstance(a, Const) else self.buffers[a.name] for a in args]
+        return bound + [UNUSED] * (MAX_ARGS - len(bound))
 
     def update_weights(self, params: dict[str, dict[str, np.ndarray]], calls=None) -> None:
         """Repack every constant from ``params``, in place, so bound steps see the new values."""

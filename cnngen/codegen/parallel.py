@@ -1,0 +1,53 @@
+"""The runtime owns the threads; a generated kernel is only a task body.
+
+Every kernel module defines ``task(t, a0, ..., a5)``, a ``cfunc`` over raw float32
+pointers that computes task ``t`` of ``TASKS``, and the two drivers here run it: over
+Numba's thread pool (``run_parallel``) or on the calling thread (``run_serial``). The
+drivers compile once per machine, whatever the kernel, because they only see the task's
+signature. Kernels then compile without Numba's parallel passes, which cost about a
+second each, and whether a kernel runs on one thread or all is a choice made at run time.
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+# Numba's OpenMP layer stalls for whole scheduler ticks (about 8 ms per call, measured here)
+# when another process holds a core; the workqueue layer degrades gracefully and needs no
+# extra library. A user's explicit NUMBA_THREADING_LAYER wins. The workqueue layer does not
+# allow two Python threads to launch parallel kernels at the same time.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+MAX_ARGS = 6
+FLOAT_PTR = types.CPointer(types.float32)
+TASK = types.void(types.int64, *([FLOAT_PTR] * MAX_ARGS))
+
+
+@intrinsic
+def _data(typingctx, arr):
+    """The data pointer of a float32 array."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.make_array(sig.args[0])(context, builder, args[0]).data
+    return FLOAT_PTR(arr), codegen
+
+
+@njit(parallel=True, cache=True)
+def run_parallel(task, tasks, a0, a1, a2, a3, a4, a5):
+    p0, p1, p2, p3, p4, p5 = _data(a0), _data(a1), _data(a2), _data(a3), _data(a4), _data(a5)
+    for t in prange(tasks):
+        task(np.int64(t), p0, p1, p2, p3, p4, p5)
+
+
+@njit(cache=True)
+def run_serial(task, tasks, a0, a1, a2, a3, a4, a5):
+    p0, p1, p2, p3, p4, p5 = _data(a0), _data(a1), _data(a2), _data(a3), _data(a4), _data(a5)
+    for t in range(tasks):
+        task(t, p0, p1, p2, p3, p4, p5)
