@@ -15,15 +15,12 @@ leaves a half file under the real name.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,7 @@ import llvmlite
 import numba
 
 from ..target import Target
+from .workers import workers
 
 RUNTIME_MODULES = ("simd.py", "tile.py", "vecmath.py", "parallel.py")
 # Below this many new kernels, starting worker processes costs more than it saves.
@@ -99,19 +97,6 @@ def _import(module_name: str, path: Path):
     return module
 
 
-def _compile_in_worker(stem: str, path: str) -> float:
-    """Import (and so compile and cache) one kernel file; the seconds it took."""
-    start = time.perf_counter()
-    _import(stem, Path(path))
-    return time.perf_counter() - start
-
-
-@functools.cache
-def _compile_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes kept for the life of this one, so they start (and warm up) once."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def _has_machine_code(path: Path) -> bool:
     return any((path.parent / "__pycache__").glob(f"{path.stem}.*.nbi"))
 
@@ -175,21 +160,15 @@ class KernelCache:
         """``load`` for many (name, source) pairs; kernels not yet on disk compile in parallel.
 
         Numba compiles under a process-wide lock, so the parallelism is one worker process
-        per core. Each worker compiles into the on-disk cache; this process then loads.
+        per core (workers.py). Each compiles into the on-disk cache; this process then loads.
         """
         paths = {self._file(name, source, target) for name, source in kernels}
         todo = sorted(p for p in paths if p.stem not in self._loaded and not _has_machine_code(p))
         seconds: dict[str, float] = {}
         if target.cores >= 2 and len(todo) >= PARALLEL_FROM:
-            try:
-                pool = _compile_pool(target.cores)
-                for path, took in zip(todo, pool.map(_compile_in_worker, [p.stem for p in todo],
-                                                     [str(p) for p in todo])):
-                    seconds[path.stem] = took
-            except Exception:
-                # A worker died or a kernel failed to compile there: compile here instead,
-                # where the error (if any) reaches the caller with its traceback.
-                _compile_pool.cache_clear()
+            # A kernel that failed or whose worker died compiles below, in this process,
+            # where its error (if any) reaches the caller with a traceback.
+            seconds = workers(target.cores).compile(todo)
         return [self.load(name, source, target,
                           seconds.get(f"{name}_{kernel_key(source, target)}"))
                 for name, source in kernels]

@@ -1,0 +1,83 @@
+"""Lowering of dense (fully connected) layers to the register-tiled GEMM kernel.
+
+    out[n, u] = act(bias[u] + sum_i w[u, i] * x[n, i])        w: (units, in), PyTorch layout
+
+The input is a flat (N, in) tensor (``ops/dense.py`` requires rank 1), blocked as
+(N, in/V, 1, 1, V). The schedule picks the register tile (``unit_vecs`` output vectors x
+``batch_tile`` samples); the lowering derives the task split and the reduction blocking
+from it and the target's L2 size.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import schedule as sched
+from ..kernel import Call, Const, spec
+from . import Lowering, activation_values
+from .conv import pack_bias
+
+# Tasks per core wanted from prange: enough to balance, few enough to keep tiles long.
+TASKS_PER_CORE = 4
+
+
+def pack_weights(w: np.ndarray, unit_vecs: int, vector: int) -> np.ndarray:
+    """(units, in) -> (unit groups, in vectors * V, unit_vecs, V), zero padded."""
+    units, features = w.shape
+    unit_blocks, in_blocks = -(-units // vector), -(-features // vector)
+    padded = np.zeros((unit_blocks * vector, in_blocks * vector), np.float32)
+    padded[:units, :features] = w
+    grouped = padded.reshape(unit_blocks // unit_vecs, unit_vecs, vector, in_blocks * vector)
+    return np.ascontiguousarray(grouped.transpose(0, 3, 1, 2)).ravel()
+
+
+def task_split(n_batch: int, groups: int, batch_tile: int, cores: int) -> tuple[int, int]:
+    """(tiles per task, chunks): batch tiles split so that there are enough tasks."""
+    tiles = -(-n_batch // batch_tile)
+    wanted = -(-TASKS_PER_CORE * cores // groups)
+    per_task = -(-tiles // max(1, min(tiles, wanted)))
+    return per_task, -(-tiles // per_task)
+
+
+def reduction_blocks(in_blocks: int, unit_vecs: int, tiles_per_task: int, vector: int,
+                     l2_bytes: int) -> int:
+    """Input vectors per reduction pass: a slice of the group's weights that fits in half of L2.
+
+    The slice is re-read by every batch tile of the task, from L2 rather than L3. Blocking
+    for L1 instead measured slower: each pass ends with a store and reload of the whole
+    register tile. With one tile per task nothing reuses the slice: one pass.
+    """
+    if tiles_per_task == 1:
+        return in_blocks
+    per_block = vector * unit_vecs * vector * 4
+    return max(1, min(in_blocks, l2_bytes // 2 // per_block))
+
+
+def lower_dense(low: Lowering) -> list[Call]:
+    node, x, out, v = low.node, low.ins[0], low.out, low.target.vector
+    n_batch, units, features = low.n_batch, out.channels, x.channels
+    s = low.schedule or sched.dense_default(n_batch, units, low.target)
+    if out.blocks % s.unit_vecs:
+        raise ValueError(f"layer {node.name!r} (dense): schedule unit_vecs={s.unit_vecs} must "
+                         f"divide the {out.blocks} output vectors of {units} units")
+    groups = out.blocks // s.unit_vecs
+    tiles_per_task, chunks = task_split(n_batch, groups, s.batch_tile, low.target.cores)
+    k_blocks = reduction_blocks(x.blocks, s.unit_vecs, tiles_per_task, v, low.target.l2_bytes)
+    act = node.attrs["activation"]
+    ops = ("dense",) + ((act,) if act != "identity" else ())
+    weights = Const(node.name, f"w_u{s.unit_vecs}",
+                    lambda p, u=s.unit_vecs: pack_weights(p["w"], u, v))
+    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), units, v))
+    kernel = spec(
+        "dense", ops, f"nc{v}c", s, flops=2 * n_batch * units * features,
+        bytes=4 * (x.size(n_batch) + out.size(n_batch) + out.blocks * v * x.blocks * v),
+        **activation_values(act), n_batch=n_batch,
+        in_blocks=x.blocks, unit_blocks=out.blocks, unit_vecs=s.unit_vecs,
+        batch_tile=s.batch_tile, k_blocks=k_blocks, tiles_per_task=tiles_per_task,
+        chunks=chunks, tail_tiles=int(n_batch % s.batch_tile > 0),
+        batch_tail=n_batch % s.batch_tile or s.batch_tile,
+        x_batch=x.batch_stride, x_block=x.block_stride, x_origin=x.origin,
+        out_batch=out.batch_stride, out_block=out.block_stride, out_origin=out.origin)
+    return [Call(node.name, kernel, (low.inputs[0], weights, bias, low.output))]
+
+
+LOWER = {"dense": lower_dense}
