@@ -39,3 +39,11 @@ def test_reference_training_learns_the_shapes():
     result = run(EXAMPLES / "train_reference.py")
     accuracy = float(re.search(r"test accuracy: ([\d.]+)", result.stdout).group(1))
     assert accuracy > 0.9, result.stdout
+
+
+def test_compiled_kernels_serve_the_trained_network():
+    result = run(EXAMPLES / "train_reference.py")
+    found = re.search(r"compiled kernels .*test accuracy ([\d.]+), same class as the reference "
+                      r"for ([\d.]+)% of images", result.stdout)
+    assert found, result.stdout
+    assert float(found.group(1)) > 0.9 and float(found.group(2)) >= 99.0
