@@ -60,6 +60,15 @@ def _address(context, builder, arrty, arr, offset, width=None):
     return builder.bitcast(ptr, ir.VectorType(ir.FloatType(), width).as_pointer())
 
 
+def splat_ir(builder, scalar, width: int):
+    """IR for a ``<width x float>`` with every lane equal to ``scalar``."""
+    vec = ir.VectorType(ir.FloatType(), width)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one,
+                                  ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+
+
 @intrinsic
 def load(typingctx, arr, offset, width):
     """``arr[offset:offset+width]`` as a vector."""
@@ -99,12 +108,7 @@ def splat(typingctx, value, width):
         return None
 
     def codegen(context, builder, sig, args):
-        scalar = context.cast(builder, args[0], sig.args[0], types.float32)
-        vec = ir.VectorType(ir.FloatType(), v)
-        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
-                                     ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), v),
-                                                            [0] * v))
+        return splat_ir(builder, context.cast(builder, args[0], sig.args[0], types.float32), v)
     return FloatVector(v)(value, width), codegen
 
 
@@ -118,12 +122,8 @@ def broadcast(typingctx, arr, offset, width):
         return None
 
     def codegen(context, builder, sig, args):
-        scalar = builder.load(_address(context, builder, sig.args[0], args[0], args[1]))
-        vec = ir.VectorType(ir.FloatType(), v)
-        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
-                                     ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), v),
-                                                            [0] * v))
+        return splat_ir(builder, builder.load(_address(context, builder, sig.args[0], args[0],
+                                                       args[1])), v)
     return FloatVector(v)(arr, offset, width), codegen
 
 

@@ -20,7 +20,7 @@ from numba import types
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
 
-from .simd import FloatVector, _address, _float_array, _vector_fn, _width
+from .simd import FloatVector, _address, _float_array, _vector_fn, _width, splat_ir
 
 
 class Tile(types.Type):
@@ -34,14 +34,6 @@ class TileModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         vec = ir.VectorType(ir.FloatType(), fe_type.width)
         super().__init__(dmm, fe_type, ir.ArrayType(vec, fe_type.rows * fe_type.cols))
-
-
-def _splat(builder, scalar, width):
-    vec = ir.VectorType(ir.FloatType(), width)
-    one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar,
-                                 ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, one,
-                                  ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
 
 
 def _offset(builder, base, stride, k):
@@ -85,7 +77,7 @@ def tile_fma(typingctx, acc, w, w_off, w_row, x, x_off, x_col):
         for c in range(acc.cols):
             scalar = builder.load(_address(context, builder, x_ty, xv,
                                            _offset(builder, x_off_, x_col_, c)))
-            b = _splat(builder, scalar, acc.width)
+            b = splat_ir(builder, scalar, acc.width)
             for r in range(acc.rows):
                 i = r * acc.cols + c
                 tile = builder.insert_value(
