@@ -14,24 +14,14 @@ import pytest
 import cnngen
 from cnngen.spec import Builder
 
+from .plan_checks import assert_buffers_sound
+
 TARGETS = ("cpu", "cpu-avx2")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("kernels")
-
-
-def assert_buffers_sound(plan):
-    """Every halo still zero (no kernel wrote it) and every value finite."""
-    for name, layout in plan.layouts.items():
-        view = layout.view(plan.buffers[name], plan.n_batch)
-        top, bottom, left, right = layout.halo
-        assert np.isfinite(view).all(), f"{name}: non-finite values"
-        rows, cols = layout.rows, layout.cols
-        for part in (view[:, :, :top], view[:, :, rows - bottom:],
-                     view[:, :, :, :left], view[:, :, :, cols - right:]):
-            assert not part.any(), f"{name}: halo {layout.halo} was written"
 
 
 def run(spec, target, cache, n=2, weights=None, scale=1.0, seed=0, layers=None, x=None):

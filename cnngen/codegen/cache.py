@@ -144,15 +144,11 @@ class KernelCache:
             start = time.perf_counter()
             module = _import(path.stem, path)
         seconds = time.perf_counter() - start
-        if hasattr(module, "task"):
-            fn = module.task
-            hit = fn.cache_hits > 0
-        else:  # transitional: a whole-kernel njit function, called directly (tasks = 0)
-            fn = module.kernel
-            hit = sum(fn.stats.cache_hits.values()) > 0
+        fn = module.task
+        hit = fn.cache_hits > 0
         if compiled_seconds is not None and hit:
             seconds, hit = compiled_seconds + seconds, False
-        loaded = LoadedKernel(name, fn, getattr(module, "TASKS", 0), path, seconds, hit)
+        loaded = LoadedKernel(name, fn, module.TASKS, path, seconds, hit)
         self._loaded[path.stem] = loaded
         return loaded
 

@@ -61,9 +61,6 @@ class Step:
         return self.call.layer
 
     def __call__(self) -> None:
-        if self.kernel.tasks == 0:
-            self.kernel.fn(*self.args[:len(self.call.args)])
-            return
         run = run_parallel if self.parallel else run_serial
         run(self.kernel.fn, self.kernel.tasks, *self.args)
 
