@@ -62,7 +62,7 @@ class Step:
 
     def __call__(self) -> None:
         run = run_parallel if self.parallel else run_serial
-        run(self.kernel.fn, self.kernel.tasks, *self.args)
+        run(self.kernel.fn.address, self.kernel.tasks, *self.args)
 
 
 class Plan:

@@ -88,7 +88,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
     out, v = low.out, low.target.vector
     c_group = x.channels // groups
     work = sched.ConvWorkload(low.n_batch, c_group, out.channels // groups, out.height,
-                              out.width, *kernel)
+                              out.width, *kernel, stride[1])
     s = low.schedule or sched.conv_default(work, low.target)
     oc_blocks = out.blocks
     ic_vecs = -(-c_group // v)
@@ -111,7 +111,8 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
 
 def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
     x, out, v = low.ins[0], low.out, low.target.vector
-    work = sched.ConvWorkload(low.n_batch, 1, 1, out.height, out.width, *kernel, depthwise=True)
+    work = sched.ConvWorkload(low.n_batch, 1, 1, out.height, out.width, *kernel, stride[1],
+                              depthwise=True)
     s = low.schedule or sched.depthwise_default(work, low.target)
     node = low.node
     kernel_spec = spec(
