@@ -82,21 +82,23 @@ def test_header_text_cannot_inject_code(monkeypatch, tmp_path):
 
 
 KERNEL = textwrap.dedent('''
-    from numba import njit
+    from numba import cfunc
+    from cnngen.codegen.parallel import TASK
     SCALE = {scale}
+    TASKS = 2
 
-    @njit("void(float32[::1])", cache=True)
-    def kernel(x):
-        for i in range(x.shape[0]):
-            x[i] *= SCALE
+    @cfunc(TASK, cache=True)
+    def task(task_id, x, a1, a2, a3, a4, a5):
+        x[task_id] *= SCALE
 ''')
 
 
 def run_kernel(loaded, values):
     import numpy as np
-    x = np.array(values, np.float32)
-    loaded.fn(x)
-    return x.tolist()
+    from cnngen.codegen.parallel import run_serial
+    x = np.array(values + [0.0] * (2 - len(values)), np.float32)
+    run_serial(loaded.fn.address, loaded.tasks, x, x, x, x, x, x)
+    return x[:len(values)].tolist()
 
 
 def test_cache_compiles_once_then_hits_in_a_fresh_process(tmp_path):
@@ -145,8 +147,10 @@ def test_corrupt_numba_cache_entry_is_rebuilt(tmp_path):
         from cnngen.codegen.cache import KernelCache
         from cnngen.target import host
         import numpy as np
+        from cnngen.codegen.parallel import run_serial
         k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
-        x = np.ones(2, np.float32); k.fn(x); print(x.tolist())
+        x = np.ones(2, np.float32); run_serial(k.fn.address, k.tasks, x, x, x, x, x, x)
+        print(x.tolist())
     ''')
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -165,3 +169,21 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("CNNGEN_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_dir() == tmp_path / "cnngen"
+
+
+def test_parallel_compile_works_from_a_script_without_a_main_guard(tmp_path):
+    """New kernels compile in worker processes; a plain script is never re-imported by them."""
+    script = tmp_path / "plain.py"
+    script.write_text(textwrap.dedent(f'''
+        import numpy as np, cnngen
+        spec = {{"cnngen": 1, "name": "p", "input": {{"shape": [3, 8, 8]}},
+                "layers": [{{"name": "c", "op": "conv2d", "filters": 4, "kernel": 3}},
+                           {{"name": "r", "op": "relu"}}]}}
+        net = cnngen.compile(spec, cache_dir={str(tmp_path / "k")!r})
+        print("ran", net(np.ones((1, 3, 8, 8), np.float32)).shape,
+              sum(not k.cache_hit for k in net.kernels))
+    '''))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ran", "(1,", "4,", "6,", "6)", "4"]
