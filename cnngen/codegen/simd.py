@@ -60,6 +60,13 @@ def _address(context, builder, arrty, arr, offset, width=None):
     return builder.bitcast(ptr, ir.VectorType(ir.FloatType(), width).as_pointer())
 
 
+def _access_width(arr, offset, width) -> int | None:
+    """The literal width of a vector access ``arr[offset:offset+width]``; None if ill-typed."""
+    if not (_float_array(arr) and isinstance(offset, types.Integer)):
+        return None
+    return _width(width)
+
+
 def splat_ir(builder, scalar, width: int):
     """IR for a ``<width x float>`` with every lane equal to ``scalar``."""
     vec = ir.VectorType(ir.FloatType(), width)
@@ -72,9 +79,7 @@ def splat_ir(builder, scalar, width: int):
 @intrinsic
 def load(typingctx, arr, offset, width):
     """``arr[offset:offset+width]`` as a vector."""
-    if not (_float_array(arr) and isinstance(offset, types.Integer)):
-        return None
-    v = _width(width)
+    v = _access_width(arr, offset, width)
     if v is None:
         return None
 
@@ -115,9 +120,7 @@ def splat(typingctx, value, width):
 @intrinsic
 def broadcast(typingctx, arr, offset, width):
     """A vector with every lane equal to ``arr[offset]`` (one broadcast load)."""
-    if not (_float_array(arr) and isinstance(offset, types.Integer)):
-        return None
-    v = _width(width)
+    v = _access_width(arr, offset, width)
     if v is None:
         return None
 
