@@ -46,7 +46,9 @@ class Node:
     ``attrs`` are normalised (tuples per spatial dimension, padding resolved to explicit
     ``(begin, end)`` pairs). ``params`` are the trainable parameter shapes, ``state`` the
     non-trainable buffers (batch-norm running statistics). ``refs`` are layers read by an
-    attribute rather than as data (max_unpool's switches).
+    attribute rather than as data (max_unpool's switches). ``fused`` is set by the
+    inference passes: the spec's own nodes that this one computes, in order (the node is
+    named after the last of them, so its readers are unchanged).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Node:
     state: Mapping[str, tuple[int, ...]]
     macs: int
     refs: tuple[str, ...] = ()
+    fused: tuple[Node, ...] = ()
 
     @property
     def deps(self) -> tuple[str, ...]:

@@ -34,15 +34,19 @@ def randomise_batchnorm(net, rng, spread):
 
 
 def assert_layers_match(net, x):
-    """Each layer's output against the reference op applied to the kernels' own inputs."""
+    """Each kernel's output against the reference ops it computes (a fused node runs its
+    spec layers in turn), applied to the kernels' own inputs."""
     plan = net.plan(x.shape[0])
     acts = {net.graph.input_name: x.astype(np.float64)}
     ctx = RunContext(False, np.random.default_rng(0))
     weights = net.weights
-    for node in net.graph.nodes:
+    for node in plan.graph.nodes:
+        ref = [acts[i] for i in node.inputs]
+        for layer in node.fused or (node,):
+            ref, _ = REGISTRY[layer.op].forward(layer, weights.get(layer.name, {}), ref, ctx)
+            ref = [ref]
+        ref = ref[0]
         acts[node.name] = plan.tensor(node.name).astype(np.float64)
-        ref, _ = REGISTRY[node.op].forward(node, weights.get(node.name, {}),
-                                           [acts[i] for i in node.inputs], ctx)
         scale = max(1.0, float(np.abs(ref).max()))
         np.testing.assert_allclose(acts[node.name], ref, rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=f"layer {node.name} ({node.op})")

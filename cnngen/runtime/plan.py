@@ -17,7 +17,8 @@ from ..codegen.cpu import HALO, LOWER, Lowering
 from ..codegen.cpu.edges import from_blocked, to_blocked
 from ..codegen.kernel import Buffer, Call, Const
 from ..codegen.layout import Blocked
-from ..ir import Graph
+from ..ir import Graph, Node
+from ..passes import for_inference
 from ..schedule import Schedule
 from ..target import Target
 
@@ -41,6 +42,17 @@ UNUSED = np.zeros(1, np.float32)
 def worth_parallel(call: Call, kernel: LoadedKernel, cores: int) -> bool:
     return (cores > 1 and kernel.tasks > 1
             and (call.kernel.flops >= PARALLEL_FLOPS or call.kernel.bytes >= PARALLEL_BYTES))
+
+
+def layer_params(node: Node, params: dict[str, dict[str, np.ndarray]]) -> dict:
+    """The parameters a (possibly fused) node packs: its first layer's, plus each fused
+    layer's under its op name (``p["batchnorm"]``)."""
+    if not node.fused:
+        return params.get(node.name, {})
+    head, *rest = node.fused
+    merged = dict(params.get(head.name, {}))
+    merged.update({n.op: params[n.name] for n in rest if n.name in params})
+    return merged
 
 
 @dataclass
@@ -69,7 +81,8 @@ class Plan:
     def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
                  params: dict[str, dict[str, np.ndarray]],
                  schedules: dict[str, Schedule] | None = None):
-        self.graph, self.n_batch, self.target = graph, n_batch, target
+        self.graph, self.n_batch, self.target = for_inference(graph), n_batch, target
+        graph = self.graph
         self.layouts = plan_layouts(graph, target.vector)
         calls, temps = self._lower(schedules or {})
         self.buffers = {name: np.zeros(layout.size(n_batch), np.float32)
@@ -108,7 +121,8 @@ class Plan:
         for call in calls if calls is not None else [s.call for s in self.steps]:
             for arg in call.args:
                 if isinstance(arg, Const):
-                    packed = np.ascontiguousarray(arg.pack(params.get(arg.layer, {})), np.float32)
+                    source = layer_params(self.graph.node(arg.layer), params)
+                    packed = np.ascontiguousarray(arg.pack(source), np.float32)
                     if arg in self.consts:
                         self.consts[arg][...] = packed
                     else:

@@ -71,6 +71,21 @@ def pack_depthwise(w: np.ndarray, vector: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(blocks, vector, k_h, k_w).transpose(0, 2, 3, 1)).ravel()
 
 
+def folded(p: dict, node: Node) -> tuple[np.ndarray, np.ndarray | None]:
+    """The conv's (w, b) with a fused batch norm folded in (``p["batchnorm"]``), if any.
+
+        scale = gamma / sqrt(running_var + eps),  w' = w * scale,  b' = (b - mean) * scale + beta
+    """
+    w, b = p["w"], p.get("b")
+    bn = next((n for n in node.fused if n.op == "batchnorm"), None)
+    if bn is None:
+        return w, b
+    stats = p["batchnorm"]
+    scale = stats["gamma"] / np.sqrt(stats["running_var"] + bn.attrs["eps"])
+    b = np.zeros(len(scale)) if b is None else b
+    return w * scale.reshape(-1, *([1] * (w.ndim - 1))), (b - stats["running_mean"]) * scale + stats["beta"]
+
+
 def pack_bias(b: np.ndarray | None, channels: int, vector: int) -> np.ndarray:
     out = np.zeros(-(-channels // vector) * vector, np.float32)
     if b is not None:
@@ -96,8 +111,9 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
     kernel_spec = spec(
         "conv2d", ops, f"nchw{v}c", s, flops=flops,
         bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch) + oc_blocks * ic_vecs * v * v * kernel[0] * kernel[1]),
-        **activation_values(low.node.attrs["activation"]),
-        epilogue=low.node.attrs["activation"] != "identity" or bool(low.node.attrs["bias"]),
+        **activation_values(low.node.attrs["activation"], low.node.attrs.get("alpha", 0.01)),
+        epilogue=(low.node.attrs["activation"] != "identity" or bool(low.node.attrs["bias"])
+                  or bool(low.node.fused)),
         n_batch=low.n_batch, h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,
@@ -119,32 +135,40 @@ def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
         "depthwise2d", ops, f"nchw{v}c", s,
         flops=2 * low.n_batch * out.channels * out.height * out.width * kernel[0] * kernel[1],
         bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch)),
-        **activation_values(node.attrs["activation"]), n_batch=low.n_batch, blocks=out.blocks,
+        **activation_values(node.attrs["activation"], node.attrs.get("alpha", 0.01)), n_batch=low.n_batch, blocks=out.blocks,
         h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ow_tile=s.ow_tile, rows=s.rows, tail_tiles=int(out.width % s.ow_tile > 0),
         ow_tail=out.width % s.ow_tile or s.ow_tile,
         x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride,
         x_origin=x.window_origin(pads[0], pads[1]), **out.strides("out"))
-    weights = Const(node.name, "w", lambda p: pack_depthwise(as_2d(p["w"]), v))
-    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), out.channels, v))
+    weights = Const(node.name, "w", lambda p: pack_depthwise(as_2d(folded(p, node)[0]), v))
+    bias = Const(node.name, "b", lambda p: pack_bias(folded(p, node)[1], out.channels, v))
     return Call(node.name, kernel_spec, (low.inputs[0], weights, bias, low.output))
+
+
+def op_chain(node: Node) -> tuple[str, ...]:
+    """What the kernel computes, for its name: ``("conv2d", "bn", "relu")``."""
+    if node.fused:
+        return tuple("bn" if n.op == "batchnorm" else n.op for n in node.fused)
+    act = node.attrs["activation"]
+    return (node.op,) + ((act,) if act != "identity" else ())
 
 
 def lower_conv(low: Lowering) -> list[Call]:
     node, v = low.node, low.target.vector
     kernel, stride, dilation, ((top, _), (left, _)) = geometry(node)
     groups, c_in, c_out = node.attrs["groups"], low.ins[0].channels, low.out.channels
-    ops = (node.op,) + ((node.attrs["activation"],) if node.attrs["activation"] != "identity" else ())
+    ops = op_chain(node)
     if is_depthwise(c_in, c_out, groups):
         return [depthwise_conv(low, kernel, stride, dilation, (top, left), ops)]
     if is_aligned(c_in, c_out, groups, v):
-        weights = Const(node.name, "w", lambda p: pack_direct(as_2d(p["w"]), v))
+        weights = Const(node.name, "w", lambda p: pack_direct(as_2d(folded(p, node)[0]), v))
     else:
         weights = Const(node.name, "w", lambda p, g=groups: pack_direct(
-            dense_weights(as_2d(p["w"]), g), v))
+            dense_weights(as_2d(folded(p, node)[0]), g), v))
         groups = 1
-    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), c_out, v))
+    bias = Const(node.name, "b", lambda p: pack_bias(folded(p, node)[1], c_out, v))
     return [direct_conv(low, low.ins[0], low.inputs[0], groups, kernel, stride, dilation,
                         (top, left), weights, bias, ops)]
 
@@ -183,7 +207,7 @@ def lower_conv_transpose(low: Lowering) -> list[Call]:
 
     weights = Const(node.name, "w", pack)
     bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), c_out, v))
-    ops = (node.op,) + ((node.attrs["activation"],) if node.attrs["activation"] != "identity" else ())
+    ops = op_chain(node)
     conv = direct_conv(low, grid, spread, groups if aligned else 1, kernel, (1, 1), dilation,
                        (full[0], full[1]), weights, bias, ops)
     return [dilate, conv]

@@ -1,0 +1,90 @@
+"""Inference passes: an ordered list of ``Graph -> Graph`` rewrites run before lowering.
+
+Each pass is one loop over nodes with one decision. A fused node is named after the last
+spec layer it computes and lists them all in ``Node.fused``, so readers keep their inputs
+and the runtime can still find every layer's parameters by its spec name.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ir import Graph, Node
+
+CONVS = ("conv1d", "conv2d")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "swish", "silu", "hardswish")
+
+
+def readers(graph: Graph) -> dict[str, list[Node]]:
+    found: dict[str, list[Node]] = {graph.input_name: []}
+    for node in graph.nodes:
+        found.setdefault(node.name, [])
+        for dep in node.deps:
+            found[dep].append(node)
+    return found
+
+
+def origin(node: Node) -> tuple[Node, ...]:
+    return node.fused or (node,)
+
+
+def absorb(graph: Graph, can_absorb, merge) -> Graph:
+    """Merge each node that ``can_absorb(producer, node)`` into its single-reader producer."""
+    read_by = readers(graph)
+    nodes = {n.name: n for n in graph.nodes}
+    order = [n.name for n in graph.nodes]
+    for name in list(order):
+        node = nodes[name]
+        if len(node.inputs) != 1 or node.inputs[0] == graph.input_name:
+            continue
+        producer = nodes.get(node.inputs[0])
+        if producer is None or len(read_by[producer.name]) != 1 or not can_absorb(producer, node):
+            continue
+        merged = replace(merge(producer, node), name=node.name,
+                         fused=origin(producer) + origin(node))
+        nodes[node.name] = merged
+        del nodes[producer.name]
+        order.remove(producer.name)
+    return replace(graph, nodes=tuple(nodes[n] for n in order))
+
+
+def fold_batchnorm(graph: Graph) -> Graph:
+    """conv -> batchnorm becomes one conv whose packed weights and bias fold the statistics."""
+    return absorb(graph,
+                  lambda p, n: n.op == "batchnorm" and p.op in CONVS
+                  and p.attrs["activation"] == "identity" and not p.fused,
+                  lambda p, n: replace(p, out=n.out))
+
+
+def fuse_activation(graph: Graph) -> Graph:
+    """conv (or conv+bn) -> activation becomes one kernel with the activation in its epilogue."""
+    def merge(p, n):
+        attrs = dict(p.attrs, activation=n.op)
+        if n.op == "leaky_relu":
+            attrs["alpha"] = n.attrs["alpha"]
+        return replace(p, attrs=attrs, out=n.out)
+    return absorb(graph,
+                  lambda p, n: n.op in ACTIVATIONS and p.op in CONVS
+                  and p.attrs["activation"] == "identity",
+                  merge)
+
+
+def verify(graph: Graph) -> None:
+    """Every input is defined before it is read, names are unique, the output is last."""
+    seen = {graph.input_name}
+    for node in graph.nodes:
+        missing = [d for d in node.deps if d not in seen]
+        if missing or node.name in seen:
+            raise AssertionError(f"graph {graph.name}: node {node.name} reads {missing} "
+                                 f"before they are defined, or repeats a name")
+        seen.add(node.name)
+
+
+PIPELINE = (fold_batchnorm, fuse_activation)
+
+
+def for_inference(graph: Graph, passes=PIPELINE) -> Graph:
+    """The graph after every inference pass, verified."""
+    for run in passes:
+        graph = run(graph)
+        verify(graph)
+    return graph
