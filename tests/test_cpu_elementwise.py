@@ -66,7 +66,13 @@ def test_activations_and_dropout(cache):
     b.dropout("drop_test", inputs="input", rate=0.25, mode="scale_at_test")
     b.add("y", inputs=[*ACTIVATIONS, "leaky", "drop", "drop_test"])
     run(b.spec(), "cpu", cache, scale=4.0,
-        layers=ACTIVATIONS + ("leaky", "drop", "drop_test"))
+        layers=ACTIVATIONS + ("leaky", "drop_test"))    # inverted "drop" is a pass-through
+
+
+def test_inverted_dropout_as_the_output_is_a_copy(cache):
+    b = Builder("drop_out", (17, 7, 7))
+    b.dropout("drop", rate=0.3)
+    run(b.spec(), "cpu", cache)
 
 
 @pytest.mark.parametrize("target", TARGETS)

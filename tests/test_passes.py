@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import cnngen
-from cnngen.passes import PIPELINE, fold_batchnorm, for_inference, fuse_activation, verify
+from cnngen.passes import (PIPELINE, drop_dropout, fold_batchnorm, for_inference,
+                           fuse_activation, verify)
 from cnngen.spec import Builder
 
 
@@ -35,7 +36,20 @@ def test_each_pass_alone():
     folded = fold_batchnorm(g)
     assert [n.name for n in folded.nodes] == ["bn", "r", "p"]
     assert [n.name for n in fuse_activation(g).nodes] == ["c", "bn", "r", "p"]
-    assert PIPELINE == (fold_batchnorm, fuse_activation)
+    assert PIPELINE == (drop_dropout, fold_batchnorm, fuse_activation)
+
+
+def test_inverted_dropout_disappears_and_its_readers_read_its_input():
+    b = Builder("drop", (3, 6, 6))
+    b.conv2d("c", filters=4, kernel=3)
+    b.dropout("d1", rate=0.5)
+    b.flatten("f")
+    b.dropout("d2", rate=0.3, mode="scale_at_test")   # scales: stays
+    b.dense("fc", units=5)
+    b.dropout("d3", rate=0.5)                          # the output: stays
+    g = drop_dropout(graph(b))
+    assert [n.name for n in g.nodes] == ["c", "f", "d2", "fc", "d3"]
+    assert g.node("f").inputs == ("c",)
 
 
 def test_nothing_fuses_across_a_second_reader_or_into_a_non_conv():

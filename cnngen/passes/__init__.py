@@ -47,6 +47,22 @@ def absorb(graph: Graph, can_absorb, merge) -> Graph:
     return replace(graph, nodes=tuple(nodes[n] for n in order))
 
 
+def drop_dropout(graph: Graph) -> Graph:
+    """Inverted dropout is the identity at inference: its readers read its input instead.
+
+    (scale_at_test dropout scales, so it stays; so does a dropout that is the output.)"""
+    alias: dict[str, str] = {}
+    kept = []
+    for node in graph.nodes:
+        node = replace(node, inputs=tuple(alias.get(i, i) for i in node.inputs))
+        if (node.op == "dropout" and node.attrs["mode"] == "inverted"
+                and node is not graph.nodes[-1] and node.name != graph.nodes[-1].name):
+            alias[node.name] = node.inputs[0]
+        else:
+            kept.append(node)
+    return replace(graph, nodes=tuple(kept))
+
+
 def fold_batchnorm(graph: Graph) -> Graph:
     """conv -> batchnorm becomes one conv whose packed weights and bias fold the statistics."""
     return absorb(graph,
@@ -79,7 +95,7 @@ def verify(graph: Graph) -> None:
         seen.add(node.name)
 
 
-PIPELINE = (fold_batchnorm, fuse_activation)
+PIPELINE = (drop_dropout, fold_batchnorm, fuse_activation)
 
 
 def for_inference(graph: Graph, passes=PIPELINE) -> Graph:
