@@ -7,7 +7,7 @@ heuristic; an explicit schedule or a tuning-database record takes precedence ove
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from .target import Target
 
@@ -23,7 +23,6 @@ class Schedule:
 
 
 def _knob(short: str):
-    from dataclasses import field
     return field(metadata={"short": short})
 
 

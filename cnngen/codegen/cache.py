@@ -113,10 +113,10 @@ class KernelCache:
         self.dir = Path(directory) if directory is not None else default_dir()
         self._loaded: dict[str, LoadedKernel] = {}
 
-    def _file(self, name: str, source: str, target: Target) -> Path:
+    def _file(self, stem: str, source: str) -> Path:
         """The kernel's source file, written (atomically) unless it holds exactly ``source``."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{name}_{kernel_key(source, target)}.py"
+        path = self.dir / f"{stem}.py"
         try:
             current = path.read_text()
         except (OSError, UnicodeDecodeError):
@@ -132,9 +132,10 @@ class KernelCache:
 
         ``compiled_seconds`` says that another process has just compiled it (load_all).
         """
-        path = self._file(name, source, target)
-        if path.stem in self._loaded:
-            return self._loaded[path.stem]
+        stem = f"{name}_{kernel_key(source, target)}"
+        if stem in self._loaded:
+            return self._loaded[stem]
+        path = self._file(stem, source)
         start = time.perf_counter()
         try:
             module = _import(path.stem, path)
@@ -158,8 +159,9 @@ class KernelCache:
         Numba compiles under a process-wide lock, so the parallelism is one worker process
         per core (workers.py). Each compiles into the on-disk cache; this process then loads.
         """
-        paths = {self._file(name, source, target) for name, source in kernels}
-        todo = sorted(p for p in paths if p.stem not in self._loaded and not _has_machine_code(p))
+        new = {f"{name}_{kernel_key(source, target)}": source for name, source in kernels}
+        paths = [self._file(stem, source) for stem, source in new.items() if stem not in self._loaded]
+        todo = sorted(p for p in paths if not _has_machine_code(p))
         seconds: dict[str, float] = {}
         if target.cores >= 2 and len(todo) >= PARALLEL_FROM:
             # A kernel that failed or whose worker died compiles below, in this process,

@@ -95,13 +95,3 @@ class Blocked:
         inner = self.interior(buffer, n_batch).transpose(0, 1, 4, 2, 3)
         return inner.reshape(n_batch, self.blocks * self.vector, self.height,
                              self.width)[:, :self.channels]
-
-    def from_nchw(self, x: np.ndarray, buffer: np.ndarray) -> None:
-        """Reference conversion (numpy): write (N, C, H, W) into the interior of ``buffer``."""
-        n_batch = x.shape[0]
-        inner = self.interior(buffer, n_batch)
-        padded = np.zeros((n_batch, self.blocks * self.vector, self.height, self.width),
-                          np.float32)
-        padded[:, :self.channels] = x
-        inner[...] = padded.reshape(n_batch, self.blocks, self.vector, self.height,
-                                    self.width).transpose(0, 1, 3, 4, 2)

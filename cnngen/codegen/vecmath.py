@@ -35,7 +35,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .simd import FloatVector, _vector_fn
+from .simd import FloatVector, _vector_fn, splat_ir
 
 # exp: the input is clamped so that n = rint(x*log2(e)) stays in [-150, 128]; the result is
 # then 0 or a denormal below about -103.3 and at most 3.39e38 (finite) above.
@@ -201,10 +201,8 @@ def leaky_relu(typingctx, v, alpha):
         return None
 
     def codegen(context, builder, sig, args):
-        scalar = context.cast(builder, args[1], sig.args[1], types.float32)
-        lanes = builder.insert_element(ir.Constant(ir.VectorType(_F32, v.width), ir.Undefined),
-                                       scalar, ir.Constant(_I32, 0))
-        alphas = builder.shuffle_vector(lanes, lanes, _const(v.width, 0, _I32))
+        alphas = splat_ir(builder, context.cast(builder, args[1], sig.args[1], types.float32),
+                          v.width)
         return _call(builder, "maxnum", v.width, args[0], builder.fmul(alphas, args[0]))
     return v(v, alpha), codegen
 
