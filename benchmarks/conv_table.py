@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import PEERS, PeerProcess, Row, load_rows, settle, time_calls  # noqa: E402
+from peers import (PEERS, NetRow, PeerProcess, Row, load_rows, settle,  # noqa: E402
+                   time_calls)
 
 
 class CnngenUnavailable(RuntimeError):
@@ -45,30 +46,48 @@ def spec_for(row: Row) -> dict:
                         "bias": False}]}
 
 
-class CnngenConv:
-    """``row`` compiled by cnngen for its batch; ``calls`` are "conv" (the non-edge steps, on
-    the blocked layout) and "edge_in" / "edge_out" (the layout conversions at the edges)."""
+def spec_and_weights(row) -> tuple[dict, dict]:
+    """The cnngen spec of a row and its weights (the data every peer uses)."""
+    if isinstance(row, Row):
+        return spec_for(row), {"conv": {"w": row.data()[1]}}
+    return row.spec(), row.weights()
 
-    def __init__(self, row: Row, target: str | None = None):
+
+def input_of(row) -> np.ndarray:
+    return row.data() if isinstance(row, NetRow) else row.data()[0]
+
+
+class CnngenRunner:
+    """``row`` compiled by cnngen for its batch, weights loaded. For a layer or block row,
+    ``calls`` are "conv" (the non-edge steps, on the blocked layout, as a network runs
+    them) and "edge_in" / "edge_out" (the layout conversions at the edges). For a network
+    row "conv" is the whole inference, NCHW input copied in to NCHW output, edges included."""
+
+    def __init__(self, row, target: str | None = None):
         import cnngen
         if not hasattr(cnngen, "compile"):
             raise CnngenUnavailable("cnngen.compile does not exist yet in this checkout")
         self.row = row
-        self.x, w = row.data()
-        self.net = cnngen.compile(spec_for(row), target=target or "cpu")
+        self.x = input_of(row)
+        self.spec, weights = spec_and_weights(row)
+        self.net = cnngen.compile(self.spec, target=target or "cpu")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "w.npz"
-            cnngen.save_npz({"conv": {"w": w}}, path)
+            cnngen.save_npz(weights, path)
             self.net.load_weights(path)
         self.plan = self.net.plan(row.n_batch)
         self.plan.set_input(self.x)
         steps = list(self.plan.steps)
-        first = next((i for i, s in enumerate(steps) if not s.edge), None)
-        if first is None:
-            raise CnngenUnavailable(f"{row.name}: the plan has no non-edge step")
         compute = [s for s in steps if not s.edge]
-        edge_in, edge_out = steps[:first], [s for s in steps[first:] if s.edge]
+        if not compute:
+            raise CnngenUnavailable(f"{row.name}: the plan has no non-edge step")
         self.kernel_names = [s.kernel.name for s in compute]
+        if isinstance(row, NetRow):
+            whole = _chain(steps)
+            self.calls = {"conv": lambda: (self.plan.set_input(self.x), whole())}
+            return
+        first = steps.index(compute[0])
+        edge_in, edge_out = steps[:first], [s for s in steps[first:] if s.edge]
         # a plan whose conversions live in set_input/output has no edge steps: time those
         set_input = partial(self.plan.set_input, self.x)
         self.calls = {"conv": _chain(compute),
@@ -136,7 +155,7 @@ def stats(times_ms: list[float]) -> dict:
             "min_ms": float(min(times_ms)), "max_ms": float(max(times_ms)), "calls": len(times_ms)}
 
 
-def measure_row(row: Row, cn: CnngenConv | None, peers: dict[str, PeerProcess],
+def measure_row(row: Row, cn: CnngenRunner | None, peers: dict[str, PeerProcess],
                 samples: int, sample_ms: float, rtol: float) -> dict:
     """Check every runner against the reference output, then time them interleaved."""
     runners = {}  # label -> sample(k) -> per-call ms
@@ -193,22 +212,31 @@ def _calls_per_sample(run, sample_ms: float) -> int:
     return int(min(max(math.ceil(sample_ms / max(per_call, 1e-4)), 1), 2000))
 
 
-def reference_output(row: Row) -> np.ndarray:
+def reference_output(row) -> np.ndarray:
     """The float64 reference executor's output for ``row``'s data."""
     import cnngen
-    x, w = row.data()
-    return cnngen.ReferenceExecutor(spec_for(row), {"conv": {"w": w}}).forward(x).out
+    spec, weights = spec_and_weights(row)
+    return cnngen.ReferenceExecutor(spec, weights).forward(input_of(row)).out
+
+
+def family(label: str) -> str | None:
+    """The peer a runner label compares as: "torch:nchw" -> "torch",
+    "torch:eager/channels_last" -> "torch eager"; None for cnngen's own runners."""
+    peer, _, variant = label.partition(":")
+    if peer not in PEERS:
+        return None
+    return f"{peer} {variant.split('/')[0]}" if "/" in variant else peer
 
 
 def summarise(result: dict) -> dict:
-    """Add the best layout per peer, GFLOP/s, and peer_ms / cnngen_ms ratios."""
+    """Add the best layout per peer (family), GFLOP/s, and peer_ms / cnngen_ms ratios."""
     runners = result["runners"]
     for lab, s in runners.items():
         s["gflops"] = result["gflop"] / (s["median_ms"] * 1e-3)
     best = {}
     for lab, s in runners.items():
-        peer = lab.partition(":")[0]
-        if peer in PEERS and (peer not in best
+        peer = family(lab)
+        if peer is not None and (peer not in best
                               or s["median_ms"] < runners[best[peer]]["median_ms"]):
             best[peer] = lab
     result["best"] = best
@@ -393,7 +421,7 @@ def main(argv=None) -> int:
             cn = None
             if not args.peers_only:
                 try:
-                    cn = CnngenConv(row, target)
+                    cn = CnngenRunner(row, target)
                 except CnngenUnavailable as e:
                     raise SystemExit(f"cnngen side unavailable: {e}. Run with --peers-only "
                                      f"to time the peers alone.")

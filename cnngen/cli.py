@@ -1,6 +1,8 @@
 """The ``cnngen`` command line. ``cnngen check SPEC`` validates a spec and prints its
 per-layer summary; ``cnngen compile SPEC`` generates and compiles its kernels and says
-which came from the cache. SPEC is a .yaml/.json path or ``zoo:NAME`` (see ``cnngen zoo``).
+which came from the cache; ``cnngen explain SPEC`` shows each kernel's fused op chain,
+schedule, source and work (``--profile``: its time). SPEC is a .yaml/.json path or
+``zoo:NAME`` (see ``cnngen zoo``).
 
 Exit status: 0 when valid, 1 for an invalid spec (the message goes to stderr), 2 for a
 command-line mistake.
@@ -69,6 +71,19 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import explain
+    from .runtime.compiled import compile as compile_net
+
+    net = compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir)
+    report = explain(net, args.batch, profile=args.profile, repeats=args.repeats)
+    print(report)
+    if args.source:
+        for i, k in enumerate(report.kernels):
+            print(f"\n# ---- [{i}] {k.layer}: {k.path}\n{k.source}", end="")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     for name in zoo.MODELS:
         print(f"{ZOO_PREFIX}{name}")
@@ -91,6 +106,19 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--cache-dir", default=None,
                    help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
     k.set_defaults(run=cmd_compile)
+    e = sub.add_parser("explain", help="show each kernel: fused op chain, schedule and where "
+                                       "it came from, source path, FLOPs and bytes")
+    e.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
+    e.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
+    e.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
+    e.add_argument("--cache-dir", default=None,
+                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    e.add_argument("--source", action="store_true", help="also print every generated source")
+    e.add_argument("--profile", action="store_true",
+                   help="time each kernel on a random input and show its share of the run")
+    e.add_argument("--repeats", type=int, default=20,
+                   help="launches per kernel when profiling (median; default 20)")
+    e.set_defaults(run=cmd_explain)
     z = sub.add_parser("zoo", help="list the built-in architectures")
     z.set_defaults(run=cmd_zoo)
     return p

@@ -102,3 +102,45 @@ def test_compile_reports_spec_errors(tmp_path):
     result = cnngen("compile", str(spec), "--cache-dir", str(tmp_path / "k"))
     assert result.returncode == 1
     assert "c1" in result.stderr and "kernel" in result.stderr
+
+
+def test_explain_shows_each_kernel_its_chain_schedule_source_and_profile(tmp_path):
+    spec = tmp_path / "block.yaml"
+    spec.write_text("cnngen: 1\nname: block\ninput: {shape: [3, 12, 12]}\nlayers:\n"
+                    "  - {name: c1, op: conv2d, filters: 16, kernel: 3, padding: 1, bias: false}\n"
+                    "  - {name: bn1, op: batchnorm}\n"
+                    "  - {name: r1, op: relu}\n"
+                    "  - {name: p1, op: maxpool2d, size: 2}\n"
+                    "  - {name: gap, op: global_avgpool}\n"
+                    "  - {name: fc, op: dense, units: 5}\n")
+    result = cnngen("explain", str(spec), "--cache-dir", str(tmp_path / "k"), "--batch", "2",
+                    "--profile", "--repeats", "3", "--source")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("block: batch 2")
+    assert "layers:   c1, bn1, r1, p1" in out
+    assert "ops:      conv2d -> bn -> relu -> maxpool2d" in out
+    assert "from heuristic (no tuning database given)" in out
+    # 2 images x 16 filters x 12 x 12 pixels x 27 multiply-adds x 2
+    assert "work:     249kFLOP" in out
+    paths = [line.split("source:   ", 1)[1] for line in out.splitlines() if "source:   " in line]
+    assert len(paths) == 5 and all(Path(p).is_file() for p in paths)   # edge, block, gap, fc, edge
+    assert "# ops: conv2d -> bn -> relu -> maxpool2d" in out            # --source printed it
+    shares = [float(line.split("%")[0].rsplit(None, 1)[1]) for line in out.splitlines()
+              if line.startswith("[") and "%" in line]
+    assert len(shares) == 5 and abs(sum(shares) - 100) < 0.5
+    assert "profile: whole run" in out
+
+
+def test_explain_names_an_explicit_schedule_by_the_spec_layer_it_was_given_for(kernel_cache):
+    import cnngen as cg
+    from cnngen.explain import explain
+    from cnngen.schedule import ConvSchedule
+    spec = {"cnngen": 1, "name": "one", "input": {"shape": [3, 8, 8]},
+            "layers": [{"name": "c", "op": "conv2d", "filters": 16, "kernel": 3},
+                       {"name": "r", "op": "relu"}]}
+    net = cg.compile(spec, cache_dir=kernel_cache,
+                     schedules={"c": ConvSchedule(oc_vecs=1, ow_tile=3, ic_block=1, rows=2)})
+    (conv,) = [k for k in explain(net).kernels if not k.edge]
+    assert conv.layers == ("c", "r") and conv.schedule == "oc1_ow3_ic1_rows2"
+    assert conv.schedule_source == "explicit (schedules['c'])"

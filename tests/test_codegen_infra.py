@@ -187,4 +187,5 @@ def test_parallel_compile_works_from_a_script_without_a_main_guard(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["ran", "(1,", "4,", "3,", "3)", "5"]
+    # to_blocked, conv+maxpool (one fused kernel), conv, from_blocked: enough to compile in parallel
+    assert out.stdout.split() == ["ran", "(1,", "4,", "3,", "3)", "4"]

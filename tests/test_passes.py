@@ -1,11 +1,11 @@
-"""Inference passes: batch norm folding and activation fusion, by graph shape and by the
-kernels the compiled net runs; the results still match the reference of the spec."""
+"""Inference passes: batch norm folding, activation, residual and pool fusion, by graph
+shape and by the kernels the compiled net runs; the results still match the reference."""
 import numpy as np
 import pytest
 
 import cnngen
 from cnngen.passes import (PIPELINE, drop_dropout, fold_batchnorm, for_inference,
-                           fuse_activation, verify)
+                           fuse_activation, fuse_pool, fuse_residual, verify)
 from cnngen.spec import Builder
 
 
@@ -22,13 +22,13 @@ def conv_bn_relu_pool():
     return b
 
 
-def test_conv_bn_relu_becomes_one_node_named_after_its_last_layer():
+def test_conv_bn_relu_pool_becomes_one_node_named_after_its_last_layer():
     g = for_inference(graph(conv_bn_relu_pool()))
-    assert [n.name for n in g.nodes] == ["r", "p"]
-    fused = g.node("r")
+    assert [n.name for n in g.nodes] == ["p"]
+    fused = g.node("p")
     assert fused.op == "conv2d" and fused.attrs["activation"] == "relu"
-    assert [n.name for n in fused.fused] == ["c", "bn", "r"]
-    assert g.node("p").inputs == ("r",)
+    assert [n.name for n in fused.fused] == ["c", "bn", "r", "p"]
+    assert fused.out.shape == (8, 6, 6)
 
 
 def test_each_pass_alone():
@@ -36,7 +36,9 @@ def test_each_pass_alone():
     folded = fold_batchnorm(g)
     assert [n.name for n in folded.nodes] == ["bn", "r", "p"]
     assert [n.name for n in fuse_activation(g).nodes] == ["c", "bn", "r", "p"]
-    assert PIPELINE == (drop_dropout, fold_batchnorm, fuse_activation)
+    assert [n.name for n in fuse_pool(g).nodes] == ["c", "bn", "r", "p"]   # relu is between
+    assert [n.name for n in fuse_pool(fuse_activation(folded)).nodes] == ["p"]
+    assert PIPELINE == (drop_dropout, fold_batchnorm, fuse_residual, fuse_activation, fuse_pool)
 
 
 def test_inverted_dropout_disappears_and_its_readers_read_its_input():
@@ -96,4 +98,169 @@ def test_folded_kernels_match_the_reference(target, kernel_cache):
     np.testing.assert_allclose(net(x), ref, rtol=1e-4, atol=1e-5)
     kernels = [s.kernel.name for s in net.plan(2).steps if not s.edge]
     assert [k.split("__")[0] for k in kernels] == [
-        "conv2d_bn_relu", "maxpool2d", "conv2d_bn_leaky_relu", "conv2d_bn_silu"]
+        "conv2d_bn_relu_maxpool2d", "conv2d_bn_leaky_relu", "conv2d_bn_silu"]
+
+
+def basic_block(b, name, x, c_in, width, stride):
+    """A ResNet basic block, as the zoo builds it: relu(bn(conv(relu(bn(conv x)))) + shortcut)."""
+    b.conv2d(f"{name}_c1", inputs=x, filters=width, kernel=3, stride=stride, padding=1,
+             bias=False)
+    b.batchnorm(f"{name}_bn1")
+    b.relu(f"{name}_r1")
+    b.conv2d(f"{name}_c2", filters=width, kernel=3, padding=1, bias=False)
+    y = b.batchnorm(f"{name}_bn2")
+    shortcut = x
+    if stride != 1 or c_in != width:
+        b.conv2d(f"{name}_sc", inputs=x, filters=width, kernel=1, stride=stride, bias=False)
+        shortcut = b.batchnorm(f"{name}_scbn")
+    return b.add(f"{name}_add", inputs=[y, shortcut], activation="relu")
+
+
+def test_a_residual_add_fuses_into_one_of_its_convs_and_takes_the_adds_place():
+    b = Builder("res", (16, 8, 8))
+    basic_block(b, "b1", "input", 16, 32, 2)
+    g = for_inference(graph(b))
+    assert [n.name for n in g.nodes] == ["b1_r1", "b1_scbn", "b1_add"]
+    add = g.node("b1_add")
+    assert add.op == "conv2d" and add.inputs == ("b1_r1", "b1_scbn")
+    assert add.attrs["activation"] == "relu"
+    assert [n.name for n in add.fused] == ["b1_c2", "b1_bn2", "b1_add"]
+
+
+def test_residual_and_pool_fusion_stop_where_they_would_change_the_result():
+    b = Builder("no", (16, 9, 9))
+    b.conv2d("c", filters=16, kernel=3, padding=1)
+    b.relu("r")                                          # activation before the add
+    b.add("a", inputs=["r", "input"])
+    b.conv2d("dw", filters=16, kernel=3, groups=16, padding=1)
+    b.add("a2", inputs=["dw", "a"])                      # depthwise: its own kernel
+    b.conv2d("c2", filters=16, kernel=1)
+    b.maxpool2d("mp", size=2, return_switches=True)      # switches are read by the unpool
+    b.max_unpool("up", switches="mp")
+    b.conv2d("c3", filters=16, kernel=1)
+    b.avgpool2d("ap", size=2, padding=1)                 # windows over padding
+    b.conv2d("c4", filters=16, kernel=1)
+    b.avgpool2d("ap2", size=2, ceil_mode=True)           # a last window past the edge
+    g = for_inference(graph(b))
+    assert [n.name for n in g.nodes] == ["r", "a", "dw", "a2", "c2", "mp", "up", "c3", "ap",
+                                         "c4", "ap2"]
+
+
+def pool_block(b, pool, activation="relu"):
+    b.conv2d("c", filters=20, kernel=3, padding=1, bias=False)
+    b.batchnorm("bn")
+    b.layer(activation, "act")
+    b.layer(pool[0], "pool", **pool[1])
+    return b
+
+
+def randomise_batchnorm(net, rng):
+    weights = net.weights
+    for layer, p in weights.items():
+        if "gamma" in p:
+            c = p["gamma"].shape
+            weights[layer] = {"gamma": rng.uniform(0.5, 1.5, c), "beta": rng.normal(0, 0.2, c),
+                              "running_mean": rng.normal(0, 0.2, c),
+                              "running_var": rng.uniform(0.5, 1.5, c)}
+    net.weights = weights
+
+
+def compute_kernels(net, n_batch):
+    return [s.kernel.name for s in net.plan(n_batch).steps if not s.edge]
+
+
+POOLS = {
+    "max2": ("maxpool2d", {"size": 2}),                                   # register tile
+    "max3s2p1": ("maxpool2d", {"size": 3, "stride": 2, "padding": 1}),   # ResNet's stem pool
+    "max3s2ceil": ("maxpool2d", {"size": 3, "stride": 2, "ceil_mode": True}),
+    "avg2": ("avgpool2d", {"size": 2}),
+    "avg3s1": ("avgpool2d", {"size": 3, "stride": 1}),
+}
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-avx2"])
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_conv_bn_act_pool_is_exactly_one_kernel(target, pool, activation, kernel_cache):
+    b = pool_block(Builder("block", (5, 13, 15)), POOLS[pool], activation)
+    spec = b.spec()
+    net = cnngen.compile(spec, target=target, cache_dir=kernel_cache)
+    rng = np.random.default_rng(1)
+    randomise_batchnorm(net, rng)
+    x = rng.standard_normal((3, 5, 13, 15)).astype(np.float32)
+    ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x).out
+    np.testing.assert_allclose(net(x), ref, rtol=1e-4, atol=1e-5)
+    kernels = compute_kernels(net, 3)
+    assert len(kernels) == 1
+    assert kernels[0].startswith(f"conv2d_bn_{activation}_{POOLS[pool][0]}__")
+
+
+@pytest.mark.parametrize("pool", ["maxpool1d", "avgpool1d"])
+def test_conv1d_pool_is_one_kernel(pool, kernel_cache):
+    b = Builder("seq", (4, 31))
+    b.conv1d("c", filters=24, kernel=5, padding=2, activation="tanh")
+    b.layer(pool, "p", size=2)
+    spec = b.spec()
+    net = cnngen.compile(spec, cache_dir=kernel_cache)
+    x = np.random.default_rng(2).standard_normal((2, 4, 31)).astype(np.float32)
+    ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x).out
+    np.testing.assert_allclose(net(x), ref, rtol=1e-4, atol=1e-5)
+    assert len(compute_kernels(net, 2)) == 1
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-avx2"])
+@pytest.mark.parametrize("stride,c_in,width", [(1, 16, 16), (2, 16, 32), (1, 24, 40)])
+def test_a_resnet_basic_block_is_two_kernels_plus_one_for_a_downsampling_shortcut(
+        target, stride, c_in, width, kernel_cache):
+    b = Builder("block", (c_in, 10, 11))
+    basic_block(b, "b", "input", c_in, width, stride)
+    spec = b.spec()
+    net = cnngen.compile(spec, target=target, cache_dir=kernel_cache)
+    rng = np.random.default_rng(3)
+    randomise_batchnorm(net, rng)
+    x = rng.standard_normal((2, c_in, 10, 11)).astype(np.float32)
+    ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x).out
+    np.testing.assert_allclose(net(x), ref, rtol=1e-4, atol=1e-5)
+    chains = [k.split("__")[0] for k in compute_kernels(net, 2)]
+    projected = stride != 1 or c_in != width
+    assert chains == ["conv2d_bn_relu"] + ["conv2d_bn"] * projected + ["conv2d_bn_add_relu"]
+
+
+def inception(b, x, widths):
+    """GoogLeNet's module: 1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max pool -> 1x1, concatenated."""
+    c1, r3, c3, r5, c5, pp = widths
+    b.conv2d("b1", inputs=x, filters=c1, kernel=1, activation="relu")
+    b.conv2d("b2r", inputs=x, filters=r3, kernel=1, activation="relu")
+    b.conv2d("b2", filters=c3, kernel=3, padding=1, activation="relu")
+    b.conv2d("b3r", inputs=x, filters=r5, kernel=1, activation="relu")
+    b.conv2d("b3", filters=c5, kernel=5, padding=2, activation="relu")
+    b.maxpool2d("b4p", inputs=x, size=3, stride=1, padding=1)
+    b.conv2d("b4", filters=pp, kernel=1, activation="relu")
+    return b.concat("cat", inputs=["b1", "b2", "b3", "b4"])
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-avx2"])
+@pytest.mark.parametrize("widths,in_place", [
+    ((16, 16, 32, 8, 16, 16), True),       # every branch starts on a whole block
+    ((8, 16, 24, 8, 8, 8), False),         # an 8-channel branch: not at 16 lanes
+])
+def test_an_inception_module_writes_its_branches_into_the_concat_without_a_copy(
+        target, widths, in_place, kernel_cache):
+    b = Builder("inception", (12, 9, 10))
+    inception(b, "input", widths)
+    b.conv2d("after", filters=8, kernel=3, padding=1)        # reads the concat with a halo
+    spec = b.spec()
+    net = cnngen.compile(spec, target=target, cache_dir=kernel_cache)
+    x = np.random.default_rng(4).standard_normal((2, 12, 9, 10)).astype(np.float32)
+    ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x).out
+    np.testing.assert_allclose(net(x), ref, rtol=1e-4, atol=1e-5)
+    plan = net.plan(2)
+    vector = plan.target.vector
+    expect_in_place = in_place or vector == 8
+    chains = [k.split("__")[0] for k in compute_kernels(net, 2)]
+    assert ("concat" in chains) is not expect_in_place
+    for branch in ("b1", "b2", "b3", "b4"):
+        shared = np.shares_memory(plan.buffers[branch], plan.buffers["cat"])
+        assert shared is expect_in_place
+        np.testing.assert_allclose(plan.tensor(branch), cnngen.ReferenceExecutor(
+            spec, net.weights).forward(x).activations[branch], rtol=1e-4, atol=1e-5)

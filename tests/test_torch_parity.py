@@ -1,7 +1,7 @@
 """PyTorch parity: every op, and a few small networks, against ``torch.nn.functional``.
 
 Each case is a spec. cnngen's float64 reference runs it forward and backward; the torch
-peer (``torch_peer.run_graph``) runs the same graph with the same weights, dropout masks
+peer (``torch_graph.run_graph``) runs the same graph with the same weights, dropout masks
 and mode. Compared: the output, every activation, the loss, the input gradient, every
 parameter gradient and, in train mode, the batch-norm running-statistic updates.
 
@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch not installed: PyTorch parity tests not run")
 
-from . import torch_peer  # noqa: E402  (imports torch)
+from cnngen import torch_graph  # noqa: E402  (imports torch)
 from cnngen import Builder, ReferenceExecutor, build_graph  # noqa: E402
 from cnngen.ops import REGISTRY  # noqa: E402
 
@@ -348,7 +348,7 @@ def test_matches_torch(case: Case):
 
     ref = ReferenceExecutor(case.spec, weights=weights)
     fwd = ref.forward(x, train=case.train, masks=masks)
-    run = torch_peer.run_graph(graph, weights, x, train=case.train, masks=masks)
+    run = torch_graph.run_graph(graph, weights, x, train=case.train, masks=masks)
 
     # forward
     for name, act in fwd.activations.items():
@@ -356,7 +356,7 @@ def test_matches_torch(case: Case):
     if graph.loss:
         target = random_target(graph, fwd.out.shape, case.target, rng)
         value, dout = ref.loss(fwd.out, target)
-        t_value = torch_peer.loss(graph, run, target)
+        t_value = torch_graph.loss(graph, run, target)
         close(t_value, value, "loss")
         t_value.backward()
     else:
@@ -398,7 +398,7 @@ def test_max_unpool_overlapping_windows_add_where_torch_keeps_one():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(3, 2, 9))
     fwd = ReferenceExecutor(spec).forward(x)
-    run = torch_peer.run_graph(graph, {}, x)
+    run = torch_graph.run_graph(graph, {}, x)
     switches = fwd.context.saved["pool"]
     np.testing.assert_array_equal(run.switches["pool"][0].numpy(), switches)
     counts = np.stack([np.bincount(s, minlength=9) for s in switches.reshape(-1, 7)])
@@ -423,4 +423,4 @@ def test_every_op_has_a_parity_case():
 
 
 def test_every_op_has_a_torch_lowering():
-    assert set(REGISTRY) <= set(torch_peer.LOWER), sorted(set(REGISTRY) - set(torch_peer.LOWER))
+    assert set(REGISTRY) <= set(torch_graph.LOWER), sorted(set(REGISTRY) - set(torch_graph.LOWER))

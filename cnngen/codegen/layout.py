@@ -26,6 +26,10 @@ class Blocked:
     width: int
     vector: int
     halo: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # A view of channel blocks [block_offset, block_offset + blocks) of a wider tensor of
+    # buffer_blocks blocks (a concat's input written in place); 0 means a tensor of its own.
+    buffer_blocks: int = 0
+    block_offset: int = 0
 
     @classmethod
     def of(cls, t: TensorType, vector: int, halo=(0, 0, 0, 0)) -> Blocked:
@@ -56,12 +60,21 @@ class Blocked:
 
     @property
     def batch_stride(self) -> int:
-        return self.blocks * self.block_stride
+        return (self.buffer_blocks or self.blocks) * self.block_stride
 
     @property
     def origin(self) -> int:
         """Offset of pixel (0, 0) of channel block 0 inside one image."""
-        return self.halo[0] * self.row_stride + self.halo[2] * self.vector
+        return (self.block_offset * self.block_stride + self.halo[0] * self.row_stride
+                + self.halo[2] * self.vector)
+
+    def channel_view(self, channels: int, channel_offset: int) -> Blocked:
+        """The layout of ``channels`` channels from ``channel_offset`` (a whole number of
+        blocks) of this tensor, in its buffer."""
+        if channel_offset % self.vector or self.buffer_blocks:
+            raise ValueError(f"no view at channel {channel_offset} of {self}")
+        return Blocked(channels, self.height, self.width, self.vector, self.halo,
+                       self.blocks, channel_offset // self.vector)
 
     def size(self, n_batch: int) -> int:
         return n_batch * self.batch_stride
@@ -79,12 +92,13 @@ class Blocked:
         top, left = self.halo[0] - pad_top, self.halo[2] - pad_left
         if top < 0 or left < 0:
             raise ValueError(f"halo {self.halo} is narrower than padding ({pad_top}, {pad_left})")
-        return top * self.row_stride + left * self.vector
+        return self.block_offset * self.block_stride + top * self.row_stride + left * self.vector
 
     def view(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
         """(N, blocks, rows, cols, V) view of a flat buffer."""
-        return buffer[:self.size(n_batch)].reshape(n_batch, self.blocks, self.rows, self.cols,
-                                                   self.vector)
+        whole = buffer[:self.size(n_batch)].reshape(n_batch, self.buffer_blocks or self.blocks,
+                                                    self.rows, self.cols, self.vector)
+        return whole[:, self.block_offset:self.block_offset + self.blocks]
 
     def interior(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
         top, _, left, _ = self.halo

@@ -142,6 +142,22 @@ def zeros(typingctx, width):
 
 
 @intrinsic
+def stack_floats(typingctx, count):
+    """A scratch array of a literal ``count`` float32 on the calling function's stack.
+
+    Uninitialised, and valid until that function returns: call it in the task body itself,
+    never in a helper that returns the pointer.
+    """
+    n = _width(count)
+    if n is None or n <= 0:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return cgutils.alloca_once(builder, ir.FloatType(), size=n)
+    return types.CPointer(types.float32)(count), codegen
+
+
+@intrinsic
 def lane(typingctx, vec, index):
     """Lane ``index`` of ``vec`` as a float32 scalar."""
     if not (isinstance(vec, FloatVector) and isinstance(index, types.Integer)):
@@ -177,7 +193,9 @@ def _binary(build: str):
 
         def codegen(context, builder, sig, args):
             if build.startswith("llvm."):
-                return builder.call(_vector_fn(builder, build[5:], a.width, 2), args)
+                # fast: kernels are fast-math anyway, and maxnum then is one vmaxps
+                return builder.call(_vector_fn(builder, build[5:], a.width, 2), args,
+                                    fastmath=("fast",))
             return getattr(builder, build)(args[0], args[1])
         return a(a, b), codegen
     typer.__name__ = build

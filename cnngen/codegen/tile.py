@@ -106,18 +106,43 @@ def tile_fma_lanes(typingctx, acc, wvec, x, x_off, x_col):
     return acc(acc, wvec, x, x_off, x_col), codegen
 
 
+def _fast_max(builder, a, b):
+    """max(a, b) as one compare and select under fast-math (one vmaxps)."""
+    return builder.select(builder.fcmp_ordered(">", a, b, flags=("fast",)), a, b)
+
+
 @intrinsic
-def tile_get(typingctx, acc, row, col):
-    """The accumulator vector at (row, col); both must be literal."""
-    if not isinstance(acc, Tile):
+def tile_pair_max(typingctx, acc):
+    """The rows x cols/2 tile of max(acc[r][2c], acc[r][2c+1]): a 2-wide max pool of columns."""
+    if not (isinstance(acc, Tile) and acc.cols % 2 == 0):
         return None
-    r, c = _width(row), _width(col)
-    if r is None or c is None:
+    half = Tile(acc.rows, acc.cols // 2, acc.width)
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), half.width)
+        value = ir.Constant(ir.ArrayType(vec, half.rows * half.cols), ir.Undefined)
+        for r in range(half.rows):
+            for c in range(half.cols):
+                a = builder.extract_value(args[0], r * acc.cols + 2 * c)
+                b = builder.extract_value(args[0], r * acc.cols + 2 * c + 1)
+                value = builder.insert_value(value, _fast_max(builder, a, b), r * half.cols + c)
+        return value
+    return half(acc), codegen
+
+
+@intrinsic
+def tile_max(typingctx, a, b):
+    """The lane-wise max of two tiles of one shape."""
+    if not (isinstance(a, Tile) and a == b):
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.extract_value(args[0], r * acc.cols + c)
-    return FloatVector(acc.width)(acc, row, col), codegen
+        value = args[0]
+        for i in range(a.rows * a.cols):
+            value = builder.insert_value(value, _fast_max(builder, builder.extract_value(args[0], i),
+                                                          builder.extract_value(args[1], i)), i)
+        return value
+    return a(a, b), codegen
 
 
 @intrinsic

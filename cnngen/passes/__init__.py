@@ -11,6 +11,7 @@ from dataclasses import replace
 from ..ir import Graph, Node
 
 CONVS = ("conv1d", "conv2d")
+POOLS = ("maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "swish", "silu", "hardswish")
 
 
@@ -84,6 +85,56 @@ def fuse_activation(graph: Graph) -> Graph:
                   merge)
 
 
+def is_direct_conv(node: Node) -> bool:
+    """A conv that lowers to the direct kernel, whose epilogue takes a residual and a pool
+    (a depthwise conv has its own kernel)."""
+    if node.op not in CONVS:
+        return False
+    groups = node.attrs["groups"]
+    return not (groups > 1 and groups == node.in_types[0].channels == node.out.channels)
+
+
+def fuse_residual(graph: Graph) -> Graph:
+    """add(conv, shortcut) becomes the conv with the shortcut added in its epilogue, before
+    the add's activation: a ResNet block's second conv-bn-add-relu is one kernel.
+
+    The fused node takes the add's place, after both of its inputs; it reads
+    ``(conv input, shortcut)``."""
+    read_by = readers(graph)
+    nodes = {n.name: n for n in graph.nodes}
+    order = [n.name for n in graph.nodes]
+    for name in list(order):
+        node = nodes[name]
+        if node.op != "add" or len(node.inputs) != 2:
+            continue
+        for i, src in enumerate(node.inputs):
+            conv = nodes.get(src)
+            if (conv is not None and is_direct_conv(conv) and len(conv.inputs) == 1
+                    and conv.attrs["activation"] == "identity" and len(read_by[src]) == 1):
+                attrs = dict(conv.attrs, activation=node.attrs["activation"])
+                nodes[name] = replace(conv, name=name, inputs=(conv.inputs[0], node.inputs[1 - i]),
+                                      attrs=attrs, out=node.out,
+                                      fused=origin(conv) + origin(node))
+                del nodes[src]
+                order.remove(src)
+                break
+    return replace(graph, nodes=tuple(nodes[n] for n in order))
+
+
+def fuse_pool(graph: Graph) -> Graph:
+    """conv (with its epilogue) -> max or avg pool becomes one kernel that writes only the
+    pooled output. An avg pool fuses when each window lies inside the conv output (no
+    padding, no ceil mode), so every count is the window's size."""
+    def can(p, n):
+        if n.op not in POOLS or not is_direct_conv(p) or len(p.inputs) != 1:
+            return False
+        a = n.attrs
+        if n.op.startswith("max"):
+            return not a["return_switches"]
+        return not a["ceil_mode"] and all(pads == (0, 0) for pads in a["padding"])
+    return absorb(graph, can, lambda p, n: replace(p, out=n.out))
+
+
 def verify(graph: Graph) -> None:
     """Every input is defined before it is read, names are unique, the output is last."""
     seen = {graph.input_name}
@@ -95,7 +146,7 @@ def verify(graph: Graph) -> None:
         seen.add(node.name)
 
 
-PIPELINE = (drop_dropout, fold_batchnorm, fuse_activation)
+PIPELINE = (drop_dropout, fold_batchnorm, fuse_residual, fuse_activation, fuse_pool)
 
 
 def for_inference(graph: Graph, passes=PIPELINE) -> Graph:

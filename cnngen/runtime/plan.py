@@ -18,7 +18,7 @@ from ..codegen.cpu.edges import from_blocked, to_blocked
 from ..codegen.kernel import Buffer, Call, Const
 from ..codegen.layout import Blocked
 from ..ir import Graph, Node
-from ..passes import for_inference
+from ..passes import for_inference, origin, readers
 from ..schedule import Schedule
 from ..target import Target
 
@@ -31,6 +31,26 @@ def plan_layouts(graph: Graph, vector: int) -> dict[str, Blocked]:
             src = node.inputs[0]
             halos[src] = tuple(map(max, halos[src], HALO[node.op](node)))
     return {name: Blocked.of(graph.type_of(name), vector, halo) for name, halo in halos.items()}
+
+
+def concat_views(graph: Graph, layouts: dict[str, Blocked]) -> dict[str, str]:
+    """Concats whose inputs are written in place, as channel views of the concat's buffer:
+    ``{input: concat}``. A concat qualifies when each input is a layer that only it reads,
+    and every input starts on a whole channel block; then it runs no kernel. ``layouts``
+    gets the views."""
+    read_by = readers(graph)
+    views: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "concat" or len(set(node.inputs)) != len(node.inputs):
+            continue
+        out = layouts[node.name]
+        offsets = np.cumsum([0] + [layouts[i].channels for i in node.inputs[:-1]])
+        if all(i != graph.input_name and len(read_by[i]) == 1 and graph.node(i).op != "concat"
+               and off % out.vector == 0 for i, off in zip(node.inputs, offsets)):
+            for i, off in zip(node.inputs, offsets):
+                layouts[i] = out.channel_view(layouts[i].channels, int(off))
+                views[i] = node.name
+    return views
 
 
 # Below this much work a kernel runs on the calling thread: waking the pool costs more.
@@ -84,9 +104,12 @@ class Plan:
         self.graph, self.n_batch, self.target = for_inference(graph), n_batch, target
         graph = self.graph
         self.layouts = plan_layouts(graph, target.vector)
+        self.views = concat_views(graph, self.layouts)
         calls, temps = self._lower(schedules or {})
         self.buffers = {name: np.zeros(layout.size(n_batch), np.float32)
-                        for name, layout in {**self.layouts, **temps}.items()}
+                        for name, layout in {**self.layouts, **temps}.items()
+                        if name not in self.views}
+        self.buffers.update({name: self.buffers[whole] for name, whole in self.views.items()})
         out = graph.output.name
         self.buffers[f"{graph.input_name}:nchw"] = np.zeros(n_batch * graph.input.size, np.float32)
         self.buffers[f"{out}:nchw"] = np.zeros(n_batch * graph.output.out.size, np.float32)
@@ -104,9 +127,17 @@ class Plan:
         graph, layouts = self.graph, self.layouts
         calls = [to_blocked(graph.input_name, layouts[graph.input_name], self.n_batch)]
         temps: dict[str, Blocked] = {}
+        self.schedule_sources = {}
+        in_place = set(self.views.values())
         for node in graph.nodes:
+            if node.name in in_place:
+                continue          # its inputs wrote it
+            explicit = [n.name for n in origin(node) if n.name in schedules]
+            self.schedule_sources[node.name] = (
+                f"explicit (schedules[{explicit[0]!r}])" if explicit
+                else "heuristic (no tuning database given)")
             low = Lowering(node, tuple(layouts[i] for i in node.inputs), layouts[node.name],
-                           self.n_batch, self.target, schedules.get(node.name),
+                           self.n_batch, self.target, schedules[explicit[0]] if explicit else None,
                            tuple(layouts[r] for r in node.refs), temps)
             calls += LOWER[node.op](low)
         calls.append(from_blocked(graph.output.name, layouts[graph.output.name], self.n_batch))

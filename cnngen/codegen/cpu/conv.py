@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ... import schedule as sched
@@ -19,6 +21,7 @@ from ...ir import Node
 from ..kernel import Call, Const, spec
 from ..layout import Blocked
 from . import Lowering, activation_values
+from .pool import geometry as pool_geometry
 
 
 def geometry(node: Node):
@@ -97,32 +100,82 @@ def as_2d(w: np.ndarray) -> np.ndarray:
     return w if w.ndim == 4 else w[:, :, None, :]
 
 
+# Activations that commute with max (non-decreasing): a 2x2 max pool can take the max of
+# the raw tile and apply bias and activation once per pooled pixel.
+NON_DECREASING = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+POOLS = ("maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d")
+
+
+def fused_pool(node: Node) -> Node | None:
+    return next((n for n in node.fused if n.op in POOLS), None)
+
+
+def pool_values(pool: Node | None, conv: Blocked, mode: int) -> dict:
+    """Template values of the epilogue's pool (a 1x1 window that nothing reads when none)."""
+    if pool is None:
+        return dict(pool=0, pool_max=True, pool_k_h=1, pool_k_w=1, pool_stride_h=1,
+                    pool_stride_w=1, pool_pad_top=0, pool_pad_left=0,
+                    pool_h_out=conv.height, pool_w_out=conv.width)
+    size, stride, ((top, _), (left, _)) = pool_geometry(pool)
+    out = Blocked.of(pool.out, conv.vector)
+    return dict(pool=mode, pool_max=pool.op.startswith("max"), pool_k_h=size[0], pool_k_w=size[1],
+                pool_stride_h=stride[0], pool_stride_w=stride[1], pool_pad_top=top,
+                pool_pad_left=left, pool_h_out=out.height, pool_w_out=out.width)
+
+
+def register_pool(node: Node, pool: Node | None) -> bool:
+    """A 2x2 / stride-2 unpadded max pool after a non-decreasing activation: POOL mode 2."""
+    if pool is None or not pool.op.startswith("max"):
+        return False
+    size, stride, pads = pool_geometry(pool)
+    return (size == (2, 2) and stride == (2, 2) and pads == ((0, 0), (0, 0))
+            and node.attrs["activation"] in NON_DECREASING
+            and node.attrs.get("alpha", 0.0) >= 0)
+
+
 def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride, dilation,
                 pads, weights: Const, bias: Const, ops: tuple[str, ...]) -> Call:
-    """A call of the register-tiled direct convolution reading ``x`` with ``pads``."""
-    out, v = low.out, low.target.vector
+    """A call of the register-tiled direct convolution reading ``x`` with ``pads``, with the
+    node's fused residual (its second input) and pool in the epilogue."""
+    node, out, v = low.node, low.out, low.target.vector
+    pool = fused_pool(node)
+    conv = Blocked.of(pool.in_types[0], v) if pool else out
     c_group = x.channels // groups
-    work = sched.ConvWorkload(low.n_batch, c_group, out.channels // groups, out.height,
-                              out.width, *kernel, stride[1])
-    s = low.schedule or sched.conv_default(work, low.target)
-    oc_blocks = out.blocks
     ic_vecs = -(-c_group // v)
-    flops = 2 * low.n_batch * out.channels * out.height * out.width * c_group * kernel[0] * kernel[1]
+    mode = 2 if register_pool(node, pool) else int(pool is not None)
+    cols = 2 * out.width if mode == 2 else conv.width
+    work = sched.ConvWorkload(low.n_batch, c_group, conv.channels // groups, out.height,
+                              cols, *kernel, stride[1])
+    s = low.schedule
+    if mode == 2 and s is None:
+        s = sched.conv_default(work, low.target)
+        s = replace(s, ic_block=ic_vecs, ow_tile=s.ow_tile - s.ow_tile % 2)
+    if mode == 2 and (s.ow_tile % 2 or s.ic_block != ic_vecs):
+        mode, cols = 1, conv.width        # an explicit schedule the register pool cannot use
+    s = s or sched.conv_default(work, low.target)
+    residual = len(node.inputs) == 2 and low.ins[1]
+    res_args = (low.inputs[1],) if residual else ()
+    res_strides = residual.strides("res") if residual else dict.fromkeys(
+        ("res_batch", "res_block", "res_row", "res_origin"), 0)
+    oc_blocks = conv.blocks
+    flops = 2 * low.n_batch * conv.channels * conv.height * conv.width * c_group * kernel[0] * kernel[1]
+    moved = x.size(low.n_batch) + out.size(low.n_batch) + oc_blocks * ic_vecs * v * v * kernel[0] * kernel[1]
     kernel_spec = spec(
         "conv2d", ops, f"nchw{v}c", s, flops=flops,
-        bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch) + oc_blocks * ic_vecs * v * v * kernel[0] * kernel[1]),
-        **activation_values(low.node.attrs["activation"], low.node.attrs.get("alpha", 0.01)),
-        epilogue=(low.node.attrs["activation"] != "identity" or bool(low.node.attrs["bias"])
-                  or bool(low.node.fused)),
-        n_batch=low.n_batch, h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
+        bytes=4 * (moved + (residual.size(low.n_batch) if residual else 0)),
+        **activation_values(node.attrs["activation"], node.attrs.get("alpha", 0.01)),
+        epilogue=(node.attrs["activation"] != "identity" or bool(node.attrs["bias"])
+                  or bool(node.fused)),
+        residual=bool(residual), cols=cols, **pool_values(pool, conv, mode),
+        n_batch=low.n_batch, h_out=conv.height, w_out=conv.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,
         oc_blocks_per_group=oc_blocks // groups, oc_vecs=s.oc_vecs, ow_tile=s.ow_tile,
-        ic_block=s.ic_block, rows=s.rows, tail_tiles=int(out.width % s.ow_tile > 0),
-        ow_tail=out.width % s.ow_tile or s.ow_tile,
+        ic_block=s.ic_block, rows=s.rows, tail_tiles=int(cols % s.ow_tile > 0),
+        ow_tail=cols % s.ow_tile or s.ow_tile,
         x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride,
-        x_origin=x.window_origin(pads[0], pads[1]), **out.strides("out"))
-    return Call(low.node.name, kernel_spec, (x_buffer, weights, bias, low.output))
+        x_origin=x.window_origin(pads[0], pads[1]), **out.strides("out"), **res_strides)
+    return Call(node.name, kernel_spec, (x_buffer, weights, bias, low.output, *res_args))
 
 
 def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
@@ -149,10 +202,12 @@ def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
 
 def op_chain(node: Node) -> tuple[str, ...]:
     """What the kernel computes, for its name: ``("conv2d", "bn", "relu")``."""
-    if node.fused:
-        return tuple("bn" if n.op == "batchnorm" else n.op for n in node.fused)
-    act = node.attrs["activation"]
-    return (node.op,) + ((act,) if act != "identity" else ())
+    chain = []
+    for n in node.fused or (node,):
+        chain.append("bn" if n.op == "batchnorm" else n.op)
+        if n.attrs.get("activation", "identity") != "identity":
+            chain.append(n.attrs["activation"])
+    return tuple(chain)
 
 
 def lower_conv(low: Lowering) -> list[Call]:

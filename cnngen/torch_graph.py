@@ -1,11 +1,16 @@
 """Run a cnngen ``ir.Graph`` in PyTorch, node by node, with ``torch.nn.functional``.
 
-The PyTorch peer of ``cnngen.ReferenceExecutor``: the same graph, weights, dropout masks
-and mode, so the parity tests can compare outputs, gradients and running statistics.
+The PyTorch peer of cnngen (``pip install torch``; this module imports it). In float64 it
+mirrors ``cnngen.ReferenceExecutor``: the same graph, weights, dropout masks and mode, so
+the parity tests compare outputs, gradients and running statistics. In float32 and eval
+mode it is PyTorch eager inference of the same network, which the benchmarks time.
 
     run = run_graph(graph, weights, x, train=True, masks={"drop1": mask})
     value = loss(graph, run, target)       # the spec's loss with its L2 term
     value.backward()                       # run.x.grad, run.params[layer][param].grad
+
+    forward = eager(graph, weights, channels_last=True)   # float32, no autograd
+    y = forward(torch.from_numpy(x))
 
 Where cnngen's attributes go beyond what a torch call takes (asymmetric padding, or
 "same" resolved to asymmetric pairs), the input is padded with ``F.pad`` first and the
@@ -52,16 +57,20 @@ class TorchRun:
     out: torch.Tensor | None = None
 
 
-def leaves(weights) -> tuple[dict, dict]:
-    """Trainable float64 leaves (requires_grad) and detached copies of the running stats."""
+def leaves(weights, dtype=torch.float64, grad: bool = True,
+           channels_last: bool = False) -> tuple[dict, dict]:
+    """Trainable leaves (requires_grad if ``grad``) and detached copies of the running
+    stats; 4-D weights in channels_last memory format if asked."""
     params, state = {}, {}
     for layer, ps in weights.items():
         for name, array in ps.items():
-            t = torch.tensor(np.asarray(array, dtype=np.float64))
+            t = torch.tensor(np.asarray(array), dtype=dtype)
+            if channels_last and t.ndim == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
             if name in STATE:
                 state.setdefault(layer, {})[name] = t
             else:
-                params.setdefault(layer, {})[name] = t.requires_grad_(True)
+                params.setdefault(layer, {})[name] = t.requires_grad_(grad)
     return params, state
 
 
@@ -214,22 +223,39 @@ for _name in ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "swish", "sil
         name, xs[0], node.attrs.get("alpha", 0.01)))(_name)
 
 
+def forward(run: TorchRun) -> TorchRun:
+    """Every node of ``run.graph`` on ``run.x``, in order."""
+    acts = {run.graph.input_name: run.x}
+    for node in run.graph.nodes:
+        lower = LOWER.get(node.op)
+        if lower is None:
+            raise NotImplementedError(f"torch peer: no lowering for op {node.op!r}")
+        acts[node.name] = lower(node, run.params.get(node.name, {}),
+                                [acts[i] for i in node.inputs], run)
+    run.activations = acts
+    run.out = acts[run.graph.output.name]
+    return run
+
+
 def run_graph(graph: Graph, weights, x: np.ndarray, train: bool = False,
               masks: dict | None = None) -> TorchRun:
     """Run ``graph`` forward in float64 torch with ``weights`` (cnngen's layouts are
     PyTorch's, so they map one to one)."""
     params, state = leaves(weights)
-    run = TorchRun(graph, torch.tensor(np.asarray(x, dtype=np.float64)).requires_grad_(True),
-                   params, state, train, dict(masks or {}))
-    acts = {graph.input_name: run.x}
-    for node in graph.nodes:
-        lower = LOWER.get(node.op)
-        if lower is None:
-            raise NotImplementedError(f"torch peer: no lowering for op {node.op!r}")
-        acts[node.name] = lower(node, params.get(node.name, {}),
-                                [acts[i] for i in node.inputs], run)
-    run.activations = acts
-    run.out = acts[graph.output.name]
+    return forward(TorchRun(graph, torch.tensor(np.asarray(x, dtype=np.float64)).requires_grad_(True),
+                            params, state, train, dict(masks or {})))
+
+
+def eager(graph: Graph, weights, channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """PyTorch eager float32 inference of ``graph``: ``forward(x) -> y``, without autograd.
+
+    With ``channels_last`` the 4-D weights are stored channels_last; pass an input in that
+    format too, and every conv runs in it."""
+    params, state = leaves(weights, torch.float32, grad=False, channels_last=channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return forward(TorchRun(graph, x, params, state, False, {})).out
     return run
 
 
