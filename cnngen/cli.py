@@ -68,6 +68,7 @@ def cmd_compile(args) -> int:
     print(f"{len(rows)} kernels for {len(plan.steps)} steps: {len(built)} compiled in "
           f"{sum(r[3] for r in built):.2f} s, {len(hits)} loaded from the cache in "
           f"{sum(r[3] for r in hits):.2f} s; {total:.2f} s in all")
+    print(plan.memory)
     return 0
 
 

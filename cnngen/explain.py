@@ -7,6 +7,7 @@
 Each entry gives the spec layers the kernel computes (its fused op chain), its schedule and
 where that came from, the path of its generated source in the kernel cache, its FLOPs and
 the bytes it must move, and, when profiled, its measured time and share of the whole run.
+The report ends with the plan's activation memory (after buffer reuse, and the peak).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .passes import origin
 from .runtime.compiled import CompiledNet
-from .runtime.plan import Plan, Step
+from .runtime.plan import Memory, Plan, Step
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Report:
     n_batch: int
     target: str
     kernels: tuple[KernelReport, ...]
+    memory: Memory
     run_ms: float | None = None  # median of whole runs, when profiled
 
     def __str__(self) -> str:
@@ -97,7 +99,7 @@ def explain(net: CompiledNet, n_batch: int = 1, profile: bool = False,
         total = sum(times)
         entries = [KernelReport(**{**e.__dict__, "ms": ms, "share": ms / total})
                    for e, ms in zip(entries, times)]
-    return Report(net.graph.name, n_batch, str(net.target), tuple(entries), run_ms)
+    return Report(net.graph.name, n_batch, str(net.target), tuple(entries), plan.memory, run_ms)
 
 
 def _si(value: float) -> str:
@@ -124,7 +126,8 @@ def format_report(report: Report) -> str:
         lines.append(f"    work:     {_si(k.flops)}FLOP, {_si(k.bytes)}B")
         lines.append(f"    source:   {k.path}")
     flops = sum(k.flops for k in report.kernels)
-    lines.append(f"total: {_si(flops)}FLOP, {_si(sum(k.bytes for k in report.kernels))}B")
+    lines.append(f"total: {_si(flops)}FLOP, {_si(sum(k.bytes for k in report.kernels))}B; "
+                 f"{report.memory}")
     if report.run_ms is not None:
         lines.append(f"profile: whole run {report.run_ms:.3f} ms (median); "
                      f"{flops / (report.run_ms * 1e-3) / 1e9:.1f} GFLOP/s")

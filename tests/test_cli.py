@@ -130,6 +130,7 @@ def test_explain_shows_each_kernel_its_chain_schedule_source_and_profile(tmp_pat
               if line.startswith("[") and "%" in line]
     assert len(shares) == 5 and abs(sum(shares) - 100) < 0.5
     assert "profile: whole run" in out
+    assert "activation memory" in out and "live at the peak" in out
 
 
 def test_explain_names_an_explicit_schedule_by_the_spec_layer_it_was_given_for(kernel_cache):

@@ -15,6 +15,8 @@ from cnngen.schedule import DenseSchedule
 from cnngen.spec import Builder
 from cnngen.target import cpu
 
+from .plan_checks import assert_buffers_sound, run_keeping_activations
+
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
@@ -26,13 +28,13 @@ def compare(spec, target, cache, n, layers=(), schedules=None, seed=0):
     x = np.random.default_rng(seed).standard_normal((n, *spec["input"]["shape"])).astype(np.float32)
     y = net(x)
     fwd = cnngen.ReferenceExecutor(spec, net.weights).forward(x)
-    plan = net.plan(n)
+    plan = run_keeping_activations(net, x)
     for name, got in [(name, plan.tensor(name)) for name in layers] + [("output", y)]:
         ref = fwd.activations[name] if name != "output" else fwd.out
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(),
                                    err_msg=name)
-    for name, layout in plan.layouts.items():
-        assert np.isfinite(layout.view(plan.buffers[name], n)).all(), name
+    assert_buffers_sound(plan)
+    assert_buffers_sound(net.plan(n))
     return net
 
 

@@ -17,7 +17,7 @@ import cnngen
 from cnngen.codegen.cpu.pool import switches_layout
 from cnngen.spec import Builder
 
-from .plan_checks import assert_buffers_sound
+from .plan_checks import assert_buffers_sound, run_keeping_activations
 
 TARGETS = ("cpu", "cpu-avx2")
 
@@ -38,13 +38,14 @@ def run(spec, target, cache, n=2, x=None, mean=0.0, seed=0):
     net(rng.standard_normal(x.shape).astype(np.float32) * 10)
     y = net(x)
     fwd = cnngen.ReferenceExecutor(spec, net.weights).forward(x)
-    plan = net.plan(x.shape[0])
+    plan = run_keeping_activations(net, x)
     for node in plan.graph.nodes:
         ref = fwd.activations[node.name]
         np.testing.assert_allclose(plan.tensor(node.name), ref, rtol=1e-5,
                                    atol=1e-5 * (1 + np.abs(ref).max()), err_msg=node.name)
     np.testing.assert_allclose(y, fwd.out, rtol=1e-5, atol=1e-5 * (1 + np.abs(fwd.out).max()))
     assert_buffers_sound(plan)
+    assert_buffers_sound(net.plan(x.shape[0]))
     return plan, fwd
 
 

@@ -17,6 +17,8 @@ from cnngen import zoo
 from cnngen.ops import REGISTRY
 from cnngen.reference import RunContext
 
+from .plan_checks import assert_live_tensors_never_share
+
 # AlexNet and ZF Net need 64x64 to keep a spatial map before their classifier.
 INPUT_SIZE = {"alexnet": 64, "zfnet": 64}
 
@@ -36,7 +38,9 @@ def randomise_batchnorm(net, rng, spread):
 def assert_layers_match(net, x):
     """Each kernel's output against the reference ops it computes (a fused node runs its
     spec layers in turn), applied to the kernels' own inputs."""
-    plan = net.plan(x.shape[0])
+    plan = net.plan(x.shape[0], reuse=False)       # keep every layer's activation
+    plan.set_input(x)
+    plan.run()
     acts = {net.graph.input_name: x.astype(np.float64)}
     ctx = RunContext(False, np.random.default_rng(0))
     weights = net.weights
@@ -73,6 +77,7 @@ def test_zoo_model_inference_matches_reference(name, kernel_cache):
     net(x)
     assert_layers_match(net, x)
 
+    assert_live_tensors_never_share(net.plan(1))
     randomise_batchnorm(net, rng, spread=0.1)
     ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x.astype(np.float64)).out
     got = net(x)

@@ -8,6 +8,8 @@ from cnngen.passes import (PIPELINE, drop_dropout, fold_batchnorm, for_inference
                            fuse_activation, fuse_pool, fuse_residual, verify)
 from cnngen.spec import Builder
 
+from .plan_checks import assert_live_tensors_never_share, run_keeping_activations
+
 
 def graph(b):
     return cnngen.build_graph(b.spec())
@@ -264,3 +266,62 @@ def test_an_inception_module_writes_its_branches_into_the_concat_without_a_copy(
         assert shared is expect_in_place
         np.testing.assert_allclose(plan.tensor(branch), cnngen.ReferenceExecutor(
             spec, net.weights).forward(x).activations[branch], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["cpu", "cpu-avx2"])
+def test_a_flatten_that_only_dense_layers_read_is_read_in_place(target, kernel_cache):
+    b = Builder("head", (5, 7, 9))
+    b.conv2d("c", filters=19, kernel=3, padding=1, activation="relu")
+    b.conv2d("side", inputs="c", filters=4, kernel=3, padding=2)   # gives c a 2-pixel halo
+    b.flatten("f", inputs="c")
+    b.dense("fc1", units=10, activation="relu")
+    b.dense("fc2", inputs="f", units=3)                           # a second dense reader
+    b.reshape("r", inputs="side", shape=[4 * 9 * 11])             # reshape to a vector: same
+    b.dense("fc3", units=6)
+    b.flatten("g", inputs="side")                                  # read by softmax: a copy
+    b.softmax("sm")
+    b.concat("out", inputs=["fc1", "fc2", "fc3", "sm"])
+    spec = b.spec()
+    net = cnngen.compile(spec, target=target, cache_dir=kernel_cache)
+    x = np.random.default_rng(5).standard_normal((3, 5, 7, 9)).astype(np.float32)
+    ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x)
+    np.testing.assert_allclose(net(x), ref.out, rtol=1e-4, atol=1e-5)
+    plan = net.plan(3)
+    layers = [s.layer for s in plan.steps if not s.edge]
+    assert "f" not in layers and "r" not in layers and "g" in layers
+    assert np.shares_memory(plan.buffers["f"], plan.buffers["c"])
+    assert plan.layouts["c"].halo == (2, 2, 2, 2)
+    np.testing.assert_allclose(plan.tensor("sm"), ref.activations["sm"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(plan.tensor("f"), ref.activations["f"], rtol=1e-4, atol=1e-5)
+
+
+def test_buffers_are_reused_once_their_readers_have_run(kernel_cache):
+    b = Builder("chain", (16, 10, 10))
+    for i in range(6):
+        b.conv2d(f"c{i}", filters=16, kernel=3, padding=1, activation="relu")
+    b.conv2d("skip", inputs="c1", filters=16, kernel=3, padding=1)   # keeps c1 alive
+    b.add("out", inputs=["c5", "skip"])
+    spec = b.spec()
+    net = cnngen.compile(spec, cache_dir=kernel_cache)
+    rng = np.random.default_rng(6)
+    for _ in range(2):                       # a second input finds no stale values
+        x = rng.standard_normal((2, 16, 10, 10)).astype(np.float32)
+        np.testing.assert_allclose(net(x), cnngen.ReferenceExecutor(spec, net.weights)
+                                   .forward(x).out, rtol=1e-4, atol=1e-5)
+    plan = net.plan(2)
+    assert_live_tensors_never_share(plan)
+    holders = {id(plan.buffers[n.name]) for n in plan.graph.nodes} | {id(plan.buffers["input"])}
+    # skip fuses with the add into "out" (reading c1, adding c5). Planes with a 1-pixel halo
+    # (read by 3x3 convs): input, c0..c4, at most 3 live at once (c1 and two of the chain).
+    # Planes without: c5 (read as the residual) and out, both live at once.
+    assert len(holders) == 3 + 2
+    halo1, halo0 = 2 * 16 * 12 * 12 * 4, 2 * 16 * 10 * 10 * 4
+    m = plan.memory
+    assert (m.allocated, m.unshared) == (3 * halo1 + 2 * halo0, 6 * halo1 + 2 * halo0)
+    assert m.live_peak == 3 * halo1               # c1, c2 and c3 while c3 is computed
+    with pytest.raises(KeyError, match="'c0': its buffer was reused by 'c2'"):
+        plan.tensor("c0")
+    kept = run_keeping_activations(net, x)
+    assert kept.memory.allocated == m.unshared
+    np.testing.assert_allclose(kept.tensor("c0"), cnngen.ReferenceExecutor(
+        spec, net.weights).forward(x).activations["c0"], rtol=1e-4, atol=1e-5)

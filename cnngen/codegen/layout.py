@@ -109,3 +109,36 @@ class Blocked:
         inner = self.interior(buffer, n_batch).transpose(0, 1, 4, 2, 3)
         return inner.reshape(n_batch, self.blocks * self.vector, self.height,
                              self.width)[:, :self.channels]
+
+
+@dataclass(frozen=True)
+class FlatView:
+    """A flatten of a blocked tensor that its readers (dense layers) read in place, in the
+    source's memory order: feature slot ``i`` of a sample is float ``i`` of the sample's
+    span of the source buffer, halo included. ``slot(c, h, w)`` maps a C-order feature."""
+
+    source: Blocked
+
+    @property
+    def channels(self) -> int:
+        s = self.source
+        return s.channels * s.height * s.width
+
+    @property
+    def slots(self) -> int:
+        """Floats per sample the reader spans: every block of the source, halo included."""
+        return self.source.blocks * self.source.block_stride
+
+    def slot_of_features(self) -> np.ndarray:
+        """For each C-order feature (c, h, w), its slot in the sample's span."""
+        s = self.source
+        c, h, w = np.meshgrid(np.arange(s.channels), np.arange(s.height), np.arange(s.width),
+                              indexing="ij")
+        return ((c // s.vector) * s.block_stride + (h + s.halo[0]) * s.row_stride
+                + (w + s.halo[2]) * s.vector + c % s.vector).ravel()
+
+    def size(self, n_batch: int) -> int:
+        return self.source.size(n_batch)
+
+    def to_nchw(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
+        return self.source.to_nchw(buffer, n_batch).reshape(n_batch, -1)

@@ -50,7 +50,7 @@ class CompiledNet:
         self.schedules = dict(schedules or {})
         self._weights = (init_weights(self.graph, seed) if weights is None
                          else check_weights(self.graph, weights))
-        self._plans: dict[int, Plan] = {}
+        self._plans: dict[tuple[int, bool], Plan] = {}   # by (batch, reuse)
 
     @property
     def weights(self) -> Weights:
@@ -69,15 +69,18 @@ class CompiledNet:
     def save_weights(self, path: str | os.PathLike) -> None:
         save_npz(self._weights, path)
 
-    def plan(self, n_batch: int) -> Plan:
-        """The plan for batch size ``n_batch``: built and compiled on first use."""
+    def plan(self, n_batch: int, reuse: bool = True) -> Plan:
+        """The plan for batch size ``n_batch``: built and compiled on first use.
+
+        ``reuse=False`` gives every activation its own buffer, so ``plan.tensor(layer)``
+        can show any layer after a run (for debugging; it takes more memory)."""
         if isinstance(n_batch, bool) or not isinstance(n_batch, (int, np.integer)) or n_batch < 1:
             raise InputError(f"batch size: expected an integer >= 1; received {n_batch!r}.")
-        n_batch = int(n_batch)
-        if n_batch not in self._plans:
-            self._plans[n_batch] = Plan(self.graph, n_batch, self.target, self.cache,
-                                        self._weights, self.schedules)
-        return self._plans[n_batch]
+        key = (int(n_batch), bool(reuse))
+        if key not in self._plans:
+            self._plans[key] = Plan(self.graph, key[0], self.target, self.cache,
+                                    self._weights, self.schedules, reuse)
+        return self._plans[key]
 
     @property
     def kernels(self):

@@ -16,7 +16,7 @@ from ..codegen.parallel import MAX_ARGS, run_parallel, run_serial
 from ..codegen.cpu import HALO, LOWER, Lowering
 from ..codegen.cpu.edges import from_blocked, to_blocked
 from ..codegen.kernel import Buffer, Call, Const
-from ..codegen.layout import Blocked
+from ..codegen.layout import Blocked, FlatView
 from ..ir import Graph, Node
 from ..passes import for_inference, origin, readers
 from ..schedule import Schedule
@@ -51,6 +51,101 @@ def concat_views(graph: Graph, layouts: dict[str, Blocked]) -> dict[str, str]:
                 layouts[i] = out.channel_view(layouts[i].channels, int(off))
                 views[i] = node.name
     return views
+
+
+def flat_views(graph: Graph, layouts: dict) -> dict[str, str]:
+    """Flattens (and reshapes to a vector) that only dense layers read, read in place:
+    ``{flatten: its input}``. ``layouts`` gets a ``FlatView`` for each; the dense packs
+    its weights in the input's memory order, so no kernel moves the data."""
+    read_by = readers(graph)
+    views: dict[str, str] = {}
+    for node in graph.nodes:
+        src = node.inputs[0] if node.inputs else None
+        if (node.op in ("flatten", "reshape") and len(node.out.shape) == 1 and read_by[node.name]
+                and all(r.op == "dense" for r in read_by[node.name])
+                and isinstance(layouts[src], Blocked) and not layouts[src].buffer_blocks):
+            layouts[node.name] = FlatView(layouts[src])
+            views[node.name] = src
+    return views
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Activation memory of a plan, in bytes: what it holds after buffer reuse, what it
+    would hold with one buffer per tensor, and the largest sum of tensors live at once."""
+
+    allocated: int
+    unshared: int
+    live_peak: int
+
+    def __str__(self) -> str:
+        mib = 1 << 20
+        return (f"activation memory {self.allocated / mib:.2f} MiB after reuse "
+                f"({self.unshared / mib:.2f} MiB with a buffer per tensor; "
+                f"{self.live_peak / mib:.2f} MiB live at the peak)")
+
+
+def share_buffers(graph: Graph, layouts: dict, views: dict[str, str], n_batch: int,
+                  reuse: bool = True):
+    """Which buffer each tensor lives in (``{tensor: holder}``), each holder's size in
+    bytes, ``{tensor: the later tensor that overwrites it}``, and the memory all takes.
+
+    A tensor reuses the buffer of an earlier tensor once every reader of that tensor has
+    run, if both have the same plane geometry (height, width, halo, vector): the buffer is
+    then a run of identical channel-block planes whose halos no kernel ever writes, so they
+    stay zero whichever tensor lives there. The buffer takes the size of its largest
+    tenant. Views live in their whole tensor's buffer, which lives from its first writer
+    to its last reader. The graph's output keeps its own buffer."""
+    order = {graph.input_name: -1, **{n.name: i for i, n in enumerate(graph.nodes)}}
+
+    def owner(name):
+        while name in views:
+            name = views[name]
+        return name
+
+    first, last = {}, {}
+    for name, i in order.items():
+        o = owner(name)
+        first[o] = min(first.get(o, i), i)
+        last.setdefault(o, i)
+    for node in graph.nodes:
+        for dep in node.deps:
+            o = owner(dep)
+            last[o] = max(last[o], order[node.name])
+    last[owner(graph.output.name)] = len(graph.nodes)
+    def plane(o):
+        b = layouts[o]
+        return (b.height, b.width, b.halo, b.vector)
+
+    size = {o: 4 * layouts[o].size(n_batch) for o in first}
+    assigned: dict[str, str] = {}
+    capacity: dict[str, int] = {}
+    tenant: dict[str, str] = {}       # holder -> its latest tensor
+    overwritten: dict[str, str] = {}  # tensor -> the tensor that next took its buffer
+    free: dict[tuple, list[str]] = {}
+    releases: list[tuple[int, str]] = []
+    live = peak = 0
+    for o in sorted(first, key=lambda o: (first[o], order[o])):
+        for _, old in sorted(r for r in releases if r[0] < first[o]):
+            free.setdefault(plane(old), []).append(assigned[old])
+            live -= size[old]
+        releases = [r for r in releases if r[0] >= first[o]]
+        pool = free.get(plane(o), []) if reuse else []
+        # the free buffer closest in size above, else the largest (which then grows)
+        pool.sort(key=lambda h: (capacity[h] < size[o], abs(capacity[h] - size[o])))
+        holder = pool.pop(0) if pool else o
+        if holder in tenant:
+            overwritten[tenant[holder]] = o
+        tenant[holder] = o
+        assigned[o] = holder
+        capacity[holder] = max(capacity.get(holder, 0), size[o])
+        releases.append((last[o], o))
+        live += size[o]
+        peak = max(peak, live)
+    memory = Memory(sum(capacity.values()), sum(size.values()), peak)
+    home = {name: assigned[owner(name)] for name in order}
+    overwritten = {name: overwritten[owner(name)] for name in order if owner(name) in overwritten}
+    return home, capacity, overwritten, memory
 
 
 # Below this much work a kernel runs on the calling thread: waking the pool costs more.
@@ -100,16 +195,20 @@ class Step:
 class Plan:
     def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
                  params: dict[str, dict[str, np.ndarray]],
-                 schedules: dict[str, Schedule] | None = None):
+                 schedules: dict[str, Schedule] | None = None, reuse: bool = True):
         self.graph, self.n_batch, self.target = for_inference(graph), n_batch, target
         graph = self.graph
         self.layouts = plan_layouts(graph, target.vector)
-        self.views = concat_views(graph, self.layouts)
+        concats = concat_views(graph, self.layouts)
+        self.written_in_place = set(concats.values())
+        self.views = {**concats, **flat_views(graph, self.layouts)}
         calls, temps = self._lower(schedules or {})
+        home, capacity, self.overwritten, self.memory = share_buffers(
+            graph, self.layouts, self.views, n_batch, reuse)
+        held = {h: np.zeros(nbytes // 4, np.float32) for h, nbytes in capacity.items()}
         self.buffers = {name: np.zeros(layout.size(n_batch), np.float32)
-                        for name, layout in {**self.layouts, **temps}.items()
-                        if name not in self.views}
-        self.buffers.update({name: self.buffers[whole] for name, whole in self.views.items()})
+                        for name, layout in temps.items()}
+        self.buffers.update({name: held[h] for name, h in home.items()})
         out = graph.output.name
         self.buffers[f"{graph.input_name}:nchw"] = np.zeros(n_batch * graph.input.size, np.float32)
         self.buffers[f"{out}:nchw"] = np.zeros(n_batch * graph.output.out.size, np.float32)
@@ -128,10 +227,9 @@ class Plan:
         calls = [to_blocked(graph.input_name, layouts[graph.input_name], self.n_batch)]
         temps: dict[str, Blocked] = {}
         self.schedule_sources = {}
-        in_place = set(self.views.values())
         for node in graph.nodes:
-            if node.name in in_place:
-                continue          # its inputs wrote it
+            if node.name in self.written_in_place or isinstance(self.layouts[node.name], FlatView):
+                continue          # written by its inputs, or read in place by its readers
             explicit = [n.name for n in origin(node) if n.name in schedules]
             self.schedule_sources[node.name] = (
                 f"explicit (schedules[{explicit[0]!r}])" if explicit
@@ -173,7 +271,13 @@ class Plan:
         return flat.reshape(self.n_batch, *self.graph.output.out.shape)
 
     def tensor(self, name: str) -> np.ndarray:
-        """Any layer's activation from the last run as (N, C, ...) (for tests and debugging)."""
+        """Any layer's activation from the last run as (N, C, ...) (for tests and debugging).
+
+        A tensor whose buffer a later layer reused is gone by the end of the run; build the
+        plan with ``reuse=False`` (``net.plan(n, reuse=False)``) to keep every activation."""
+        if name in self.overwritten:
+            raise KeyError(f"tensor {name!r}: its buffer was reused by {self.overwritten[name]!r} "
+                           f"later in the run; build the plan with reuse=False to keep it.")
         layout = self.layouts[name]
         shape = self.graph.type_of(name).shape
         return layout.to_nchw(self.buffers[name], self.n_batch).reshape(self.n_batch, *shape)
