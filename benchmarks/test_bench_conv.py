@@ -21,8 +21,8 @@ import importlib.util
 
 import pytest
 
-from conv_table import CnngenConv, CnngenUnavailable, reference_output, rel_err
-from peers import TorchConv, load_rows
+from conv_table import CnngenRunner, CnngenUnavailable, reference_output, rel_err
+from peers import TorchPeer, load_rows
 
 RTOL = 1e-3
 ROWS = load_rows()
@@ -46,7 +46,7 @@ def _record_gflops(benchmark, row) -> None:
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
 def test_cnngen(benchmark, row):
     try:
-        conv = CnngenConv(row)
+        conv = CnngenRunner(row)
     except CnngenUnavailable as e:
         pytest.skip(f"cnngen side not benchmarked: {e}")
     err = rel_err(conv.output(), reference_output(row))
@@ -63,7 +63,7 @@ def torch_conv():
     if not HAS_TORCH:
         pytest.skip("torch not installed: PyTorch side of the conv benchmarks not run "
                     "(pip install torch)")
-    return TorchConv()
+    return TorchPeer()
 
 
 @pytest.mark.torch

@@ -107,3 +107,12 @@ def test_compile_from_a_yaml_path(tmp_path):
     net = cnngen.compile(path, cache_dir=tmp_path / "k")
     assert net(np.ones((1, 2, 5), np.float32)).shape == (1, 3, 3)
     assert "p" in repr(net)
+
+
+def test_schedules_must_name_a_layer_and_be_a_schedule(net):
+    from cnngen.schedule import ConvSchedule
+    spec = net.graph
+    with pytest.raises(InputError, match=r"schedules: no layer 'c3' in 'tiny'"):
+        cnngen.compile(spec, schedules={"c3": ConvSchedule(1, 4, 1, 1)})
+    with pytest.raises(InputError, match=r"schedules\['c1'\]: expected a cnngen.schedule.Schedule"):
+        cnngen.compile(spec, schedules={"c1": {"oc_vecs": 1}})

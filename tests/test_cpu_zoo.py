@@ -82,3 +82,26 @@ def test_zoo_model_inference_matches_reference(name, kernel_cache):
     ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x.astype(np.float64)).out
     got = net(x)
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()))
+
+
+def kernel_chains(net, n_batch=1):
+    return [s.kernel.name.split("__")[0] for s in net.plan(n_batch).steps if not s.edge]
+
+
+@pytest.mark.slow
+def test_resnet18_runs_two_kernels_per_block(kernel_cache):
+    net = cnngen.compile(zoo.resnet18(num_classes=10, input_size=32), cache_dir=kernel_cache)
+    chains = kernel_chains(net)
+    # stem (conv-bn-relu-maxpool), 8 basic blocks of 2, 3 downsampling shortcuts, head
+    assert chains[0] == "conv2d_bn_relu_maxpool2d"
+    assert chains.count("conv2d_bn_relu") == 8 and chains.count("conv2d_bn_add_relu") == 8
+    assert chains.count("conv2d_bn") == 3
+    assert chains[-2:] == ["global_avgpool", "dense"] and len(chains) == 22
+
+
+@pytest.mark.slow
+def test_googlenet_inception_modules_copy_nothing(kernel_cache):
+    net = cnngen.compile(zoo.googlenet(num_classes=10, input_size=32), cache_dir=kernel_cache)
+    assert not any("concat" in c for c in kernel_chains(net))
+    concats = [n for n in net.plan(1).graph.nodes if n.op == "concat"]
+    assert len(concats) == 9 and all(n.name in net.plan(1).written_in_place for n in concats)

@@ -21,6 +21,7 @@ from ..ir import Graph
 from ..reference import check_input
 from ..schedule import Schedule
 from ..spec import build_graph, load_spec
+from ..suggest import did_you_mean
 from ..weights import Weights, check_weights, init_weights, load_npz, save_npz
 from .plan import Plan
 
@@ -37,6 +38,20 @@ def as_batch(graph: Graph, x) -> np.ndarray:
     return np.ascontiguousarray(check_input(graph, x), np.float32)
 
 
+def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
+    """``{spec layer: Schedule}``; an unknown layer or a value of another type is an error."""
+    layers = [n.name for n in graph.nodes]
+    for layer, schedule in schedules.items():
+        if layer not in layers:
+            raise InputError(f"schedules: no layer {layer!r} in {graph.name!r}."
+                             f"{did_you_mean(str(layer), layers)}")
+        if not isinstance(schedule, Schedule):
+            raise InputError(f"schedules[{layer!r}]: expected a cnngen.schedule.Schedule "
+                             f"(ConvSchedule, DepthwiseSchedule, DenseSchedule); received "
+                             f"{type(schedule).__name__} {schedule!r}.")
+    return dict(schedules)
+
+
 class CompiledNet:
     def __init__(self, spec, weights: Weights | None = None, target="cpu",
                  cache_dir: str | os.PathLike | None = None, seed: int = 0,
@@ -47,7 +62,7 @@ class CompiledNet:
             self.graph = build_graph(load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec)
         self.target = targets.resolve(target)
         self.cache = KernelCache(cache_dir)
-        self.schedules = dict(schedules or {})
+        self.schedules = check_schedules(self.graph, schedules or {})
         self._weights = (init_weights(self.graph, seed) if weights is None
                          else check_weights(self.graph, weights))
         self._plans: dict[tuple[int, bool], Plan] = {}   # by (batch, reuse)
