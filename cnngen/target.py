@@ -37,6 +37,11 @@ class Target:
         return ISA_WIDTH[self.isa]
 
     @property
+    def vector_registers(self) -> int:
+        """Architectural SIMD registers: 32 zmm with AVX-512, 16 ymm/xmm otherwise."""
+        return 32 if self.isa == "avx512" else 16
+
+    @property
     def fingerprint(self) -> str:
         text = repr((self.kind, self.cpu_name, self.isa, self.features, self.cores,
                      self.l1d_bytes, self.l2_bytes, self.l3_bytes))
