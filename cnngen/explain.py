@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .passes import origin
 from .runtime.compiled import CompiledNet
 from .runtime.plan import Memory, Plan, Step
@@ -88,7 +89,10 @@ def profile_steps(plan: Plan, repeats: int) -> tuple[list[float], float]:
 
 def explain(net: CompiledNet, n_batch: int = 1, profile: bool = False,
             repeats: int = 20) -> Report:
-    """The kernels of ``net``'s plan for ``n_batch``; timed on a random input if ``profile``."""
+    """The kernels of ``net``'s plan for ``n_batch``; timed on a random input if ``profile``
+    (``repeats`` launches per kernel, the median)."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InputError(f"repeats: expected an integer >= 1; received {repeats!r}.")
     plan = net.plan(n_batch)
     entries = [_entry(plan, step) for step in plan.steps]
     run_ms = None

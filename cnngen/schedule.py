@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, fields
 from .target import Target
 
 
-
 @dataclass(frozen=True)
 class Schedule:
     def __str__(self) -> str:

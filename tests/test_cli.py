@@ -145,3 +145,10 @@ def test_explain_names_an_explicit_schedule_by_the_spec_layer_it_was_given_for(k
     (conv,) = [k for k in explain(net).kernels if not k.edge]
     assert conv.layers == ("c", "r") and conv.schedule == "oc1_ow3_ic1_rows2"
     assert conv.schedule_source == "explicit (schedules['c'])"
+
+
+def test_explain_refuses_a_profile_of_no_launches(tmp_path):
+    result = cnngen("explain", str(EXAMPLES / "lenet5.yaml"), "--cache-dir", str(tmp_path / "k"),
+                    "--profile", "--repeats", "0")
+    assert result.returncode == 1
+    assert "repeats: expected an integer >= 1; received 0" in result.stderr

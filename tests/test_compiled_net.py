@@ -110,9 +110,27 @@ def test_compile_from_a_yaml_path(tmp_path):
 
 
 def test_schedules_must_name_a_layer_and_be_a_schedule(net):
-    from cnngen.schedule import ConvSchedule
+    from cnngen.schedule import ConvSchedule, DenseSchedule
     spec = net.graph
     with pytest.raises(InputError, match=r"schedules: no layer 'c3' in 'tiny'"):
         cnngen.compile(spec, schedules={"c3": ConvSchedule(1, 4, 1, 1)})
-    with pytest.raises(InputError, match=r"schedules\['c1'\]: expected a cnngen.schedule.Schedule"):
+    with pytest.raises(InputError, match=r"schedules\['c1'\]: layer 'c1' \(conv2d\) takes a "
+                                         r"cnngen.schedule.ConvSchedule; received dict"):
         cnngen.compile(spec, schedules={"c1": {"oc_vecs": 1}})
+    with pytest.raises(InputError, match=r"takes a cnngen.schedule.ConvSchedule; received DenseSchedule"):
+        cnngen.compile(spec, schedules={"c1": DenseSchedule(1, 1)})
+    with_relu = {**SPEC, "layers": SPEC["layers"] + [{"name": "r", "op": "relu"}]}
+    with pytest.raises(InputError, match=r"schedules\['r'\]: layer 'r' \(relu\) takes no schedule"):
+        cnngen.compile(with_relu, schedules={"r": ConvSchedule(1, 4, 1, 1)})
+
+
+@pytest.mark.parametrize("schedule,problem", [
+    ((3, 4, 1, 1), "oc_vecs=3 must divide the 1 output-channel vectors per group"),
+    ((1, 0, 1, 1), "ow_tile=0 must be >= 1"),
+    ((1, 4, 1, 0), "rows=0 must be >= 1"),
+])
+def test_a_schedule_that_does_not_fit_its_layer_is_named(schedule, problem, tmp_path):
+    from cnngen.schedule import ConvSchedule
+    net = cnngen.compile(SPEC, cache_dir=tmp_path, schedules={"c1": ConvSchedule(*schedule)})
+    with pytest.raises(InputError, match=rf"layer 'c1' \(conv2d\): schedule .* does not fit: {problem}"):
+        net(np.zeros((1, 3, 9, 9), np.float32))

@@ -91,6 +91,19 @@ def test_residual_adds_with_halos(target, cache):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_a_two_input_add_with_halos_that_fuses_into_no_conv(target, cache):
+    """c1 has a second reader, so the add cannot move into its epilogue: a binary kernel
+    adds the input (halo 1) and c1 (halo 2) into s (halo 1)."""
+    b = Builder("bin", (17, 11, 12))
+    b.conv2d("c1", filters=17, kernel=3, padding=1, activation="relu")
+    b.conv2d("c2", inputs="c1", filters=17, kernel=5, padding=2)
+    b.add("s", inputs=["input", "c1"], activation="relu")
+    b.conv2d("c3", inputs="s", filters=17, kernel=3, padding=1)
+    b.add("y", inputs=["c2", "c3"])
+    run(b.spec(), target, cache, layers=["c1", "s"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_multiply_broadcasts(target, cache):
     """Squeeze-and-excitation gate (C,H,W)*(C,1,1), a spatial gate (1,H,W), three inputs;
     batchnorm and sigmoid on a flat (C,) tensor; flatten of an input with a halo."""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import cnngen
-from cnngen.passes import (PIPELINE, drop_dropout, fold_batchnorm, for_inference,
-                           fuse_activation, fuse_pool, fuse_residual, verify)
+from cnngen.passes import (MAX_FUSED_POOL_WIDTH, PIPELINE, drop_dropout, fold_batchnorm,
+                           for_inference, fuse_activation, fuse_pool, fuse_residual, verify)
 from cnngen.spec import Builder
 
 from .plan_checks import assert_live_tensors_never_share, run_keeping_activations
@@ -173,6 +173,7 @@ def compute_kernels(net, n_batch):
 
 POOLS = {
     "max2": ("maxpool2d", {"size": 2}),                                   # register tile
+    "max2ceil": ("maxpool2d", {"size": 2, "ceil_mode": True}),   # last windows past an odd edge
     "max3s2p1": ("maxpool2d", {"size": 3, "stride": 2, "padding": 1}),   # ResNet's stem pool
     "max3s2ceil": ("maxpool2d", {"size": 3, "stride": 2, "ceil_mode": True}),
     "avg2": ("avgpool2d", {"size": 2}),
@@ -195,6 +196,9 @@ def test_conv_bn_act_pool_is_exactly_one_kernel(target, pool, activation, kernel
     kernels = compute_kernels(net, 3)
     assert len(kernels) == 1
     assert kernels[0].startswith(f"conv2d_bn_{activation}_{POOLS[pool][0]}__")
+    (step,) = [s for s in net.plan(3).steps if not s.edge]
+    in_registers = pool == "max2" and activation == "relu"    # silu is not monotone
+    assert dict(step.call.kernel.values)["pool"] == (2 if in_registers else 1)
 
 
 @pytest.mark.parametrize("pool", ["maxpool1d", "avgpool1d"])
@@ -271,12 +275,12 @@ def test_an_inception_module_writes_its_branches_into_the_concat_without_a_copy(
 @pytest.mark.parametrize("target", ["cpu", "cpu-avx2"])
 def test_a_flatten_that_only_dense_layers_read_is_read_in_place(target, kernel_cache):
     b = Builder("head", (5, 7, 9))
-    b.conv2d("c", filters=19, kernel=3, padding=1, activation="relu")
-    b.conv2d("side", inputs="c", filters=4, kernel=3, padding=2)   # gives c a 2-pixel halo
+    b.conv2d("c", filters=32, kernel=3, padding=1, activation="relu")
+    b.conv2d("side", inputs="c", filters=16, kernel=1)
     b.flatten("f", inputs="c")
     b.dense("fc1", units=10, activation="relu")
     b.dense("fc2", inputs="f", units=3)                           # a second dense reader
-    b.reshape("r", inputs="side", shape=[4 * 9 * 11])             # reshape to a vector: same
+    b.reshape("r", inputs="side", shape=[16 * 7 * 9])              # reshape to a vector: same
     b.dense("fc3", units=6)
     b.flatten("g", inputs="side")                                  # read by softmax: a copy
     b.softmax("sm")
@@ -286,11 +290,10 @@ def test_a_flatten_that_only_dense_layers_read_is_read_in_place(target, kernel_c
     x = np.random.default_rng(5).standard_normal((3, 5, 7, 9)).astype(np.float32)
     ref = cnngen.ReferenceExecutor(spec, net.weights).forward(x)
     np.testing.assert_allclose(net(x), ref.out, rtol=1e-4, atol=1e-5)
-    plan = net.plan(3)
+    plan = run_keeping_activations(net, x)
     layers = [s.layer for s in plan.steps if not s.edge]
     assert "f" not in layers and "r" not in layers and "g" in layers
     assert np.shares_memory(plan.buffers["f"], plan.buffers["c"])
-    assert plan.layouts["c"].halo == (2, 2, 2, 2)
     np.testing.assert_allclose(plan.tensor("sm"), ref.activations["sm"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(plan.tensor("f"), ref.activations["f"], rtol=1e-4, atol=1e-5)
 
@@ -325,3 +328,39 @@ def test_buffers_are_reused_once_their_readers_have_run(kernel_cache):
     assert kept.memory.allocated == m.unshared
     np.testing.assert_allclose(kept.tensor("c0"), cnngen.ReferenceExecutor(
         spec, net.weights).forward(x).activations["c0"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_second_pool_and_a_very_wide_row_stay_kernels_of_their_own(kernel_cache):
+    b = Builder("pools", (4, 8, 8))
+    b.conv2d("c", filters=16, kernel=3, padding=1, activation="relu")
+    b.maxpool2d("p1", size=2)
+    b.avgpool2d("p2", size=2)                      # a pool of the fused conv+pool
+    spec = b.spec()
+    net = cnngen.compile(spec, cache_dir=kernel_cache)
+    x = np.random.default_rng(7).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(net(x), cnngen.ReferenceExecutor(spec, net.weights).forward(x).out,
+                               rtol=1e-4, atol=1e-5)
+    assert [k.split("__")[0] for k in compute_kernels(net, 2)] == [
+        "conv2d_relu_maxpool2d", "avgpool2d"]
+
+    wide = Builder("wide", (2, 2 * MAX_FUSED_POOL_WIDTH + 2))
+    wide.conv1d("c", filters=16, kernel=3, activation="relu")     # a 4098-wide output row
+    wide.maxpool1d("p", size=2)
+    spec = wide.spec()
+    net = cnngen.compile(spec, cache_dir=kernel_cache)
+    x = np.random.default_rng(8).standard_normal((1, 2, 2 * MAX_FUSED_POOL_WIDTH + 2))
+    np.testing.assert_allclose(net(x.astype(np.float32)), cnngen.ReferenceExecutor(
+        spec, net.weights).forward(x).out, rtol=1e-4, atol=1e-5)
+    assert [k.split("__")[0] for k in compute_kernels(net, 1)] == ["conv1d_relu", "maxpool1d"]
+
+
+def test_a_flatten_of_a_narrow_tensor_is_copied_rather_than_read_with_16x_the_work(kernel_cache):
+    b = Builder("mlp", (1, 28, 28))
+    b.flatten("f")
+    b.dense("fc", units=32)
+    spec = b.spec()
+    net = cnngen.compile(spec, cache_dir=kernel_cache)
+    x = np.random.default_rng(9).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(net(x), cnngen.ReferenceExecutor(spec, net.weights).forward(x).out,
+                               rtol=1e-4, atol=1e-5)
+    assert [k.split("__")[0] for k in compute_kernels(net, 2)] == ["flatten", "dense"]

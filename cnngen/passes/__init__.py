@@ -121,12 +121,20 @@ def fuse_residual(graph: Graph) -> Graph:
     return replace(graph, nodes=tuple(nodes[n] for n in order))
 
 
+# The general fused pool keeps one conv row (up to 4 output-channel vectors x width x 16
+# lanes of float32) on the task's stack: rows wider than this stay two kernels.
+MAX_FUSED_POOL_WIDTH = 2048
+
+
 def fuse_pool(graph: Graph) -> Graph:
     """conv (with its epilogue) -> max or avg pool becomes one kernel that writes only the
     pooled output. An avg pool fuses when each window lies inside the conv output (no
-    padding, no ceil mode), so every count is the window's size."""
+    padding, no ceil mode), so every count is the window's size. One pool per conv, none
+    after a residual add, and none on conv rows wider than MAX_FUSED_POOL_WIDTH."""
     def can(p, n):
-        if n.op not in POOLS or not is_direct_conv(p) or len(p.inputs) != 1:
+        if (n.op not in POOLS or not is_direct_conv(p) or len(p.inputs) != 1
+                or any(f.op in POOLS for f in origin(p))
+                or p.out.shape[-1] > MAX_FUSED_POOL_WIDTH):
             return False
         a = n.attrs
         if n.op.startswith("max"):

@@ -19,7 +19,7 @@ from ..codegen.cache import KernelCache
 from ..errors import InputError
 from ..ir import Graph
 from ..reference import check_input
-from ..schedule import Schedule
+from ..schedule import ConvSchedule, DenseSchedule, DepthwiseSchedule, Schedule
 from ..spec import build_graph, load_spec
 from ..suggest import did_you_mean
 from ..weights import Weights, check_weights, init_weights, load_npz, save_npz
@@ -38,16 +38,34 @@ def as_batch(graph: Graph, x) -> np.ndarray:
     return np.ascontiguousarray(check_input(graph, x), np.float32)
 
 
+def schedule_kind(node) -> type[Schedule] | None:
+    """The schedule type a layer's kernel takes; None for layers without knobs."""
+    if node.op == "dense":
+        return DenseSchedule
+    if node.op in ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
+        groups = node.attrs["groups"]
+        depthwise = (node.op.startswith("conv") and not node.op.startswith("conv_transpose")
+                     and groups > 1 and groups == node.in_types[0].channels == node.out.channels)
+        return DepthwiseSchedule if depthwise else ConvSchedule
+    return None
+
+
 def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
-    """``{spec layer: Schedule}``; an unknown layer or a value of another type is an error."""
+    """``{spec layer: Schedule}``: each key a conv or dense layer, each value the schedule
+    type its kernel takes (whether the values fit the layer is checked when it is lowered)."""
     layers = [n.name for n in graph.nodes]
     for layer, schedule in schedules.items():
         if layer not in layers:
             raise InputError(f"schedules: no layer {layer!r} in {graph.name!r}."
                              f"{did_you_mean(str(layer), layers)}")
-        if not isinstance(schedule, Schedule):
-            raise InputError(f"schedules[{layer!r}]: expected a cnngen.schedule.Schedule "
-                             f"(ConvSchedule, DepthwiseSchedule, DenseSchedule); received "
+        node = graph.node(layer)
+        kind = schedule_kind(node)
+        if kind is None:
+            raise InputError(f"schedules[{layer!r}]: layer {layer!r} ({node.op}) takes no "
+                             f"schedule; conv and dense layers do.")
+        if not isinstance(schedule, kind):
+            raise InputError(f"schedules[{layer!r}]: layer {layer!r} ({node.op}) takes a "
+                             f"cnngen.schedule.{kind.__name__}; received "
                              f"{type(schedule).__name__} {schedule!r}.")
     return dict(schedules)
 

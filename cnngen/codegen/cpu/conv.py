@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from ... import schedule as sched
+from ...errors import InputError
 from ...ir import Node
 from ..kernel import Call, Const, spec
 from ..layout import Blocked
@@ -123,41 +124,76 @@ def pool_values(pool: Node | None, conv: Blocked, mode: int) -> dict:
                 pool_pad_left=left, pool_h_out=out.height, pool_w_out=out.width)
 
 
-def register_pool(node: Node, pool: Node | None) -> bool:
-    """A 2x2 / stride-2 unpadded max pool after a non-decreasing activation: POOL mode 2."""
+def register_pool(node: Node, pool: Node | None, conv: Blocked, out: Blocked) -> bool:
+    """A 2x2 / stride-2 unpadded max pool after a non-decreasing activation, every window
+    inside the conv output (not a ceil_mode window past an odd edge): POOL mode 2."""
     if pool is None or not pool.op.startswith("max"):
         return False
     size, stride, pads = pool_geometry(pool)
     return (size == (2, 2) and stride == (2, 2) and pads == ((0, 0), (0, 0))
+            and 2 * out.height <= conv.height and 2 * out.width <= conv.width
             and node.attrs["activation"] in NON_DECREASING
             and node.attrs.get("alpha", 0.0) >= 0)
+
+
+def band_rows(rows: int, pool: Node, pooled_height: int) -> int:
+    """Pooled rows per task for the general pool: enough that the conv rows two bands share
+    (window - stride per band edge) are at most a quarter of those a band computes."""
+    (k_h, _), (s_h, _), _ = pool_geometry(pool)
+    overlap = max(0, k_h - s_h)
+    return min(pooled_height, max(rows, -(-4 * overlap // s_h)))
+
+
+def check_schedule(node: Node, s: sched.ConvSchedule, oc_blocks_per_group: int,
+                   ic_vecs: int) -> None:
+    """An explicit schedule must fit the layer: whole output-channel groups and input
+    blocks, at least one pixel and row per tile and task."""
+    problems = []
+    if oc_blocks_per_group % s.oc_vecs:
+        problems.append(f"oc_vecs={s.oc_vecs} must divide the {oc_blocks_per_group} "
+                        f"output-channel vectors per group")
+    if ic_vecs % s.ic_block:
+        problems.append(f"ic_block={s.ic_block} must divide the {ic_vecs} input-channel vectors")
+    problems += [f"{name}={value} must be >= 1" for name, value in
+                 (("oc_vecs", s.oc_vecs), ("ow_tile", s.ow_tile), ("ic_block", s.ic_block),
+                  ("rows", s.rows)) if value < 1]
+    if problems:
+        raise InputError(f"layer {node.fused[0].name if node.fused else node.name!r} "
+                         f"({node.op}): schedule {s} does not fit: {'; '.join(problems)}.")
 
 
 def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride, dilation,
                 pads, weights: Const, bias: Const, ops: tuple[str, ...]) -> Call:
     """A call of the register-tiled direct convolution reading ``x`` with ``pads``, with the
-    node's fused residual (its second input) and pool in the epilogue."""
+    node's fused residual (its second input) or pool in the epilogue (never both)."""
     node, out, v = low.node, low.out, low.target.vector
     pool = fused_pool(node)
     conv = Blocked.of(pool.in_types[0], v) if pool else out
+    residual = len(node.inputs) == 2 and low.ins[1]
+    if residual and pool:
+        raise AssertionError(f"{node.name}: fuse_pool never fuses a pool after a residual")
     c_group = x.channels // groups
     ic_vecs = -(-c_group // v)
-    mode = 2 if register_pool(node, pool) else int(pool is not None)
+    oc_blocks = conv.blocks
+    mode = 2 if register_pool(node, pool, conv, out) else int(pool is not None)
     cols = 2 * out.width if mode == 2 else conv.width
     work = sched.ConvWorkload(low.n_batch, c_group, conv.channels // groups, out.height,
                               cols, *kernel, stride[1])
     s = low.schedule
-    if mode == 2 and s is None:
+    if s is not None:
+        check_schedule(node, s, oc_blocks // groups, ic_vecs)
+    elif mode == 2:
         s = sched.conv_default(work, low.target)
         s = replace(s, ic_block=ic_vecs, ow_tile=s.ow_tile - s.ow_tile % 2)
     if mode == 2 and (s.ow_tile % 2 or s.ic_block != ic_vecs):
-        mode, cols = 1, conv.width        # an explicit schedule the register pool cannot use
-    s = s or sched.conv_default(work, low.target)
-    residual = len(node.inputs) == 2 and low.ins[1]
+        mode, cols = 1, conv.width        # a schedule the register pool cannot use
+    if s is None:
+        s = sched.conv_default(work, low.target)
+        if mode == 1:
+            s = replace(s, rows=band_rows(s.rows, pool, out.height))
     res_args = (low.inputs[1],) if residual else ()
     res_strides = residual.strides("res") if residual else dict.fromkeys(
         ("res_batch", "res_block", "res_row", "res_origin"), 0)
-    oc_blocks = conv.blocks
     flops = 2 * low.n_batch * conv.channels * conv.height * conv.width * c_group * kernel[0] * kernel[1]
     moved = x.size(low.n_batch) + out.size(low.n_batch) + oc_blocks * ic_vecs * v * v * kernel[0] * kernel[1]
     kernel_spec = spec(
@@ -184,6 +220,9 @@ def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
                               depthwise=True)
     s = low.schedule or sched.depthwise_default(work, low.target)
     node = low.node
+    if s.ow_tile < 1 or s.rows < 1:
+        raise InputError(f"layer {node.fused[0].name if node.fused else node.name!r} "
+                         f"({node.op}): schedule {s} does not fit: ow_tile and rows must be >= 1.")
     kernel_spec = spec(
         "depthwise2d", ops, f"nchw{v}c", s,
         flops=2 * low.n_batch * out.channels * out.height * out.width * kernel[0] * kernel[1],
