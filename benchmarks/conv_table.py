@@ -384,38 +384,62 @@ def print_report(report: dict) -> None:
             print(f"  {name}: {', '.join(ks)}")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", help="comma-separated row names from shapes.json (default: all)")
+def table_arguments(description: str, rows_help: str, sample_ms: float) -> argparse.ArgumentParser:
+    """The options every side-by-side table takes: rows, samples, peers, rtol, json."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--rows", help=rows_help)
     ap.add_argument("--samples", type=int, default=15, help="interleaved samples per runner")
-    ap.add_argument("--sample-ms", type=float, default=25.0, help="target length of one sample")
-    ap.add_argument("--target", default=None,
-                    help='cnngen target: "cpu" (default: detected), "avx2" or "cpu-avx2", ...')
+    ap.add_argument("--sample-ms", type=float, default=sample_ms,
+                    help="target length of one sample")
     ap.add_argument("--peers", default="torch,ort", help="peers to run (default: torch,ort)")
-    ap.add_argument("--peers-only", action="store_true",
-                    help="time the peers without cnngen (e.g. before cnngen.compile exists)")
     ap.add_argument("--rtol", type=float, default=1e-3,
                     help="max |y - y_torch| / max |y_torch| allowed before timing")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    return ap
+
+
+def parse_table_arguments(ap: argparse.ArgumentParser, load, argv):
+    """(args, rows): ``load(names or None)`` picks the rows; unknown rows or peers are
+    usage errors."""
     args = ap.parse_args(argv)
     try:
-        rows = load_rows(args.rows.split(",") if args.rows else None)
+        rows = load(args.rows.split(",") if args.rows else None)
     except ValueError as e:
         ap.error(str(e))
     unknown = set(args.peers.split(",")) - set(PEERS)
     if unknown:
         ap.error(f"unknown peer(s) {', '.join(sorted(unknown))}; peers: {', '.join(PEERS)}")
+    return args, rows
+
+
+def start_peers(names: str) -> tuple[dict[str, PeerProcess], dict[str, str]]:
+    """A worker process per available peer, and the reason for each one that is not."""
+    peers, skipped = {}, {}
+    for name in names.split(","):
+        proc = PeerProcess(name)
+        if proc.available:
+            peers[name] = proc
+        else:
+            skipped[name] = proc.reason
+    return peers, skipped
+
+
+def main(argv=None) -> int:
+    ap = table_arguments(__doc__.split("\n\n")[0],
+                         "comma-separated row names from shapes.json (default: all)", 25.0)
+    ap.add_argument("--target", default=None,
+                    help='cnngen target: "cpu" (default: detected), "avx2" or "cpu-avx2", ...')
+    ap.add_argument("--peers-only", action="store_true",
+                    help="time the peers without cnngen (e.g. before cnngen.compile exists)")
+    args, rows = parse_table_arguments(ap, load_rows, argv)
     target = args.target
     if target and not target.startswith("cpu") and target != "cuda":
         target = f"cpu-{target}"
 
-    peers, skipped = {}, {}
+    peers = {}
     host = machine()
     try:
-        for name in args.peers.split(","):
-            proc = PeerProcess(name)
-            (peers.__setitem__(name, proc) if proc.available
-             else skipped.__setitem__(name, proc.reason))
+        peers, skipped = start_peers(args.peers)
         results = []
         for row in rows:
             cn = None

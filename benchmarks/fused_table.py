@@ -17,15 +17,15 @@ and benchmarks/README.md). Ratios are peer_ms / cnngen_ms: > 1 means cnngen is f
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_table import (CnngenRunner, _cell, _load, _ms, _num, _table, geomean,  # noqa: E402
-                        machine, measure_row, versions)
-from peers import PEERS, NetRow, PeerProcess, load_blocks  # noqa: E402
+                        machine, measure_row, parse_table_arguments, start_peers,
+                        table_arguments, versions)
+from peers import NetRow, load_blocks, select  # noqa: E402
 
 NETWORKS = [NetRow(f"{model}_224_b{n}", model, n, 224)
             for model in ("resnet18", "efficientnet_b0") for n in (1, 16)]
@@ -33,14 +33,7 @@ FAMILIES = ("torch eager", "torch folded", "ort", "torch")
 
 
 def load(names: list[str] | None) -> list:
-    rows = load_blocks() + NETWORKS
-    if names is None:
-        return rows
-    known = {r.name: r for r in rows}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(known)}")
-    return [known[n] for n in names]
+    return select(load_blocks() + NETWORKS, names, "shapes.json fused_block and NETWORKS")
 
 
 def _peer_cells(r: dict, peer: str) -> list[str]:
@@ -112,29 +105,13 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", help="comma-separated row names (default: all blocks and nets)")
-    ap.add_argument("--samples", type=int, default=15, help="interleaved samples per runner")
-    ap.add_argument("--sample-ms", type=float, default=50.0, help="target length of one sample")
-    ap.add_argument("--peers", default="torch,ort", help="peers to run (default: torch,ort)")
-    ap.add_argument("--rtol", type=float, default=1e-3,
-                    help="max |y - y_torch| / max |y_torch| allowed before timing")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args(argv)
-    try:
-        rows = load(args.rows.split(",") if args.rows else None)
-    except ValueError as e:
-        ap.error(str(e))
-    unknown = set(args.peers.split(",")) - set(PEERS)
-    if unknown:
-        ap.error(f"unknown peer(s) {', '.join(sorted(unknown))}; peers: {', '.join(PEERS)}")
-    peers, skipped = {}, {}
+    ap = table_arguments(__doc__.split("\n\n")[0],
+                         "comma-separated row names (default: all blocks and nets)", 50.0)
+    args, rows = parse_table_arguments(ap, load, argv)
+    peers = {}
     host = machine()
     try:
-        for name in args.peers.split(","):
-            proc = PeerProcess(name)
-            (peers.__setitem__(name, proc) if proc.available
-             else skipped.__setitem__(name, proc.reason))
+        peers, skipped = start_peers(args.peers)
         results = []
         for row in rows:
             print(f"  measuring {row.name} ...", file=sys.stderr, flush=True)

@@ -246,16 +246,17 @@ def load_blocks(names: list[str] | None = None, path: Path = SHAPES) -> list[Blo
     table = json.loads(Path(path).read_text())
     convs = {r.name: r for r in load_rows(path=path)}
     blocks = [BlockRow(e["name"], convs[e["conv"]], e["pool"]) for e in table["fused_block"]]
-    return _select(blocks, names, path)
+    return select(blocks, names, path.name)
 
 
-def _select(rows: list, names: list[str] | None, path: Path) -> list:
+def select(rows: list, names: list[str] | None, source: str) -> list:
+    """``rows`` named ``names`` in that order (all if None); an unknown name is a ValueError."""
     if names is None:
         return rows
     known = {r.name: r for r in rows}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown row(s) {', '.join(unknown)}; rows in {path.name}: "
+        raise ValueError(f"unknown row(s) {', '.join(unknown)}; rows in {source}: "
                          f"{', '.join(known)}.")
     return [known[n] for n in names]
 
@@ -265,7 +266,7 @@ def load_rows(names: list[str] | None = None, path: Path = SHAPES) -> list[Row]:
     table = json.loads(Path(path).read_text())
     rows = ([Row.from_json(e, 2) for e in table["conv2d"]]
             + [Row.from_json(e, 1) for e in table["conv1d"]])
-    return _select(rows, names, path)
+    return select(rows, names, path.name)
 
 
 def time_calls(fn: Callable[[], object], k: int, warmup: int = 1) -> list[float]:

@@ -43,9 +43,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from .runtime.compiled import compile as compile_net
-
-    net = compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir)
+    net = compiled(args)
     start = time.perf_counter()
     plan = net.plan(args.batch)
     total = time.perf_counter() - start
@@ -74,9 +72,8 @@ def cmd_compile(args) -> int:
 
 def cmd_explain(args) -> int:
     from .explain import explain
-    from .runtime.compiled import compile as compile_net
 
-    net = compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir)
+    net = compiled(args)
     report = explain(net, args.batch, profile=args.profile, repeats=args.repeats)
     print(report)
     if args.source:
@@ -91,6 +88,21 @@ def cmd_zoo(args) -> int:
     return 0
 
 
+def add_compile_arguments(p: argparse.ArgumentParser) -> None:
+    """What a command that compiles a spec takes: the spec, batch, target and cache."""
+    p.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
+    p.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
+    p.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
+    p.add_argument("--cache-dir", default=None,
+                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+
+
+def compiled(args):
+    """The CompiledNet of a compile-style command's arguments (kernels come with the plan)."""
+    from .runtime.compiled import compile as compile_net
+    return compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnngen", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,19 +113,11 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_check)
     k = sub.add_parser("compile", help="generate and compile the kernels of a spec; print "
                                        "each kernel, its compile time and cache hits")
-    k.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
-    k.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
-    k.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
-    k.add_argument("--cache-dir", default=None,
-                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    add_compile_arguments(k)
     k.set_defaults(run=cmd_compile)
     e = sub.add_parser("explain", help="show each kernel: fused op chain, schedule and where "
                                        "it came from, source path, FLOPs and bytes")
-    e.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
-    e.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
-    e.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
-    e.add_argument("--cache-dir", default=None,
-                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    add_compile_arguments(e)
     e.add_argument("--source", action="store_true", help="also print every generated source")
     e.add_argument("--profile", action="store_true",
                    help="time each kernel on a random input and show its share of the run")
