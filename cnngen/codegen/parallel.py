@@ -44,6 +44,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     _preload_tbb()
 
 MAX_ARGS = 6
+# The fast-math flags every kernel compiles with: contraction, reassociation, reciprocals,
+# approximate functions and signless zeros make the kernels fast. ``nnan`` and ``ninf`` are
+# left out, so NaN and Inf flow through a network as they do in the float64 reference
+# (with them LLVM may assume no NaN exists: relu and max pools turned NaN into numbers).
+FASTMATH = {"contract", "reassoc", "arcp", "afn", "nsz"}   # a set: Numba takes no frozenset
 FLOAT_PTR = types.CPointer(types.float32)
 TASK = types.void(types.int64, *([FLOAT_PTR] * MAX_ARGS))
 
