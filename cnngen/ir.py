@@ -6,6 +6,7 @@ Shapes never include the batch dimension, which stays free: ``(C,)``, ``(C, L)``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -97,11 +98,14 @@ class Graph:
     def output(self) -> Node:
         return self.nodes[-1]
 
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {node.name: node for node in self.nodes}
+
     def node(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
+        """The node called ``name`` (KeyError if none): a dict lookup, so passes and plans
+        that look up every layer stay linear in the number of layers."""
+        return self._by_name[name]
 
     def type_of(self, name: str) -> TensorType:
         return self.input if name == self.input_name else self.node(name).out

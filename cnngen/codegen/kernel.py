@@ -6,6 +6,7 @@ arguments: activation buffers by name, and constants packed from the layer's par
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,11 +41,17 @@ class KernelSpec:
         return kernel_name(self.ops, self.layout, self.schedule, target)
 
     def source(self, target: Target) -> str:
-        name = self.name(target)
-        header = {"kernel_name": name, "op_chain": " -> ".join(self.ops),
-                  "schedule": str(self.schedule) if self.schedule else "-", "target": str(target)}
-        values = dict(self.values, vector=target.vector)
-        return render(target.kind, self.template, values, header)
+        return _source(self, target)
+
+
+@functools.lru_cache(maxsize=1024)
+def _source(kernel: KernelSpec, target: Target) -> str:
+    """A kernel's source, rendered once per process (a plan of a deep network holds many
+    calls of one kernel)."""
+    header = {"kernel_name": kernel.name(target), "op_chain": " -> ".join(kernel.ops),
+              "schedule": str(kernel.schedule) if kernel.schedule else "-", "target": str(target)}
+    values = dict(kernel.values, vector=target.vector)
+    return render(target.kind, kernel.template, values, header)
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,12 @@ def literal(value) -> str:
     raise ValueError(f"{value!r} is not a valid kernel literal")
 
 
-def holes(text: str) -> set[str]:
-    return {m.group("named") or m.group("braced")
+@functools.cache
+def holes(text: str) -> frozenset[str]:
+    """The names of a template's ``${holes}`` (a template's text is read once, so cached)."""
+    return frozenset(m.group("named") or m.group("braced")
             for m in string.Template.pattern.finditer(text)
-            if m.group("named") or m.group("braced")}
+            if m.group("named") or m.group("braced"))
 
 
 def render(target_kind: str, name: str, values: dict, header: dict[str, str]) -> str:

@@ -142,6 +142,40 @@ def zeros(typingctx, width):
 
 
 @intrinsic
+def keep_lanes(typingctx, vec, count):
+    """``vec`` with the lanes from a literal ``count`` on set to 0 (one masked move).
+
+    A reduction over channels writes its last output block's pad lanes as sums of
+    ``0 * x``, which is NaN where x is NaN or Inf; a later reduction would read that NaN
+    (times a zero weight) into real channels. Writers keep those lanes 0."""
+    n = _width(count)
+    if not isinstance(vec, FloatVector) or n is None or not 0 < n <= vec.width:
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), vec.width),
+                           [int(i < n) for i in range(vec.width)])
+        zero = ir.Constant(ir.VectorType(ir.FloatType(), vec.width), [0.0] * vec.width)
+        return builder.select(mask, args[0], zero)
+    return vec(vec, count), codegen
+
+
+@intrinsic
+def where_max(typingctx, x, best, then, otherwise):
+    """``then`` in the lanes where ``x`` is the maximum ``best`` (equal to it, or NaN: NaN
+    counts as the largest value, as in numpy's argmax and PyTorch's pool indices), else
+    ``otherwise``. One compare pair and a blend."""
+    if not (isinstance(x, FloatVector) and x == best == then == otherwise):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b, yes, no = args
+        hit = builder.or_(builder.fcmp_ordered("==", a, b), builder.fcmp_ordered("uno", a, a))
+        return builder.select(hit, yes, no)
+    return x(x, best, then, otherwise), codegen
+
+
+@intrinsic
 def stack_floats(typingctx, count):
     """A scratch array of a literal ``count`` float32 on the calling function's stack.
 
@@ -186,24 +220,40 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-def _binary(build: str):
+def max_ir(builder, a, b):
+    """IR for ``max(a, b)`` that is NaN if either operand is NaN, as PyTorch's max is.
+
+    ``a > b ? a : b`` is one ``vmaxps``, whose result is ``b`` when either is NaN; the
+    second select keeps a NaN ``a``. (``llvm.maxnum`` drops NaN; under ``nnan`` LLVM may
+    assume there is none.)"""
+    larger = builder.select(builder.fcmp_ordered(">", a, b), a, b)
+    return builder.select(builder.fcmp_ordered("uno", a, a), a, larger)
+
+
+def min_ir(builder, a, b):
+    """IR for ``min(a, b)``, NaN if either operand is NaN (see ``max_ir``)."""
+    smaller = builder.select(builder.fcmp_ordered("<", a, b), a, b)
+    return builder.select(builder.fcmp_ordered("uno", a, a), a, smaller)
+
+
+def _binary(build):
+    """An intrinsic ``f(a, b)`` on two vectors of one width: ``build(builder, a, b)`` is an
+    IRBuilder method name or a function of the builder."""
     def typer(typingctx, a, b):
         if not (isinstance(a, FloatVector) and a == b):
             return None
 
         def codegen(context, builder, sig, args):
-            if build.startswith("llvm."):
-                # fast: kernels are fast-math anyway, and maxnum then is one vmaxps
-                return builder.call(_vector_fn(builder, build[5:], a.width, 2), args,
-                                    fastmath=("fast",))
+            if callable(build):
+                return build(builder, args[0], args[1])
             return getattr(builder, build)(args[0], args[1])
         return a(a, b), codegen
-    typer.__name__ = build
+    typer.__name__ = getattr(build, "__name__", build)
     return intrinsic(typer)
 
 
-vmax = _binary("llvm.maxnum")
-vmin = _binary("llvm.minnum")
+vmax = _binary(max_ir)
+vmin = _binary(min_ir)
 vadd = _binary("fadd")
 vsub = _binary("fsub")
 vmul = _binary("fmul")

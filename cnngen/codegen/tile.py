@@ -20,7 +20,7 @@ from numba import types
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
 
-from .simd import FloatVector, _address, _float_array, _vector_fn, _width, splat_ir
+from .simd import FloatVector, _address, _float_array, _vector_fn, _width, max_ir, splat_ir
 
 
 class Tile(types.Type):
@@ -106,11 +106,6 @@ def tile_fma_lanes(typingctx, acc, wvec, x, x_off, x_col):
     return acc(acc, wvec, x, x_off, x_col), codegen
 
 
-def _fast_max(builder, a, b):
-    """max(a, b) as one compare and select under fast-math (one vmaxps)."""
-    return builder.select(builder.fcmp_ordered(">", a, b, flags=("fast",)), a, b)
-
-
 @intrinsic
 def tile_pair_max(typingctx, acc):
     """The rows x cols/2 tile of max(acc[r][2c], acc[r][2c+1]): a 2-wide max pool of columns."""
@@ -125,7 +120,7 @@ def tile_pair_max(typingctx, acc):
             for c in range(half.cols):
                 a = builder.extract_value(args[0], r * acc.cols + 2 * c)
                 b = builder.extract_value(args[0], r * acc.cols + 2 * c + 1)
-                value = builder.insert_value(value, _fast_max(builder, a, b), r * half.cols + c)
+                value = builder.insert_value(value, max_ir(builder, a, b), r * half.cols + c)
         return value
     return half(acc), codegen
 
@@ -139,7 +134,7 @@ def tile_max(typingctx, a, b):
     def codegen(context, builder, sig, args):
         value = args[0]
         for i in range(a.rows * a.cols):
-            value = builder.insert_value(value, _fast_max(builder, builder.extract_value(args[0], i),
+            value = builder.insert_value(value, max_ir(builder, builder.extract_value(args[0], i),
                                                           builder.extract_value(args[1], i)), i)
         return value
     return a(a, b), codegen

@@ -19,13 +19,17 @@ templates call any activation as ``${activation}(v, ALPHA)``. The maths follows 
     hardswish(x) = x * (min(max(x + 3, 0), 6) / 6)
     leaky_relu(x, alpha) = max(x, alpha*x)       (valid because 0 <= alpha <= 1)
 
-Kernels compile with ``fastmath=True``: Numba then marks every float binop that has no flags
-as ``fast``. Calls on vectors (``llvm.fma``, ``llvm.maxnum``) are left alone, so the
+Kernels compile with the flags in ``parallel.FASTMATH``: Numba puts them on every float binop
+that has no flags of its own. Calls on vectors (``llvm.fma``) are left alone, so the
 Cody-Waite reduction and the polynomials are written as FMAs, and the two ``2^k`` scalings
 carry an explicit flag so that LLVM cannot reassociate them into an overflowing ``2^n``.
-The divisions do get ``fast``; on x86 LLVM then emits a reciprocal estimate plus one Newton
-step (``vrcp14ps``/``vrcpps``), measured within 4 half-ulps. NaN inputs are not propagated
-(``maxnum`` drops them), as fastmath already assumes.
+The divisions get ``arcp``; on x86 LLVM then emits a reciprocal estimate plus one Newton
+step (``vrcp14ps``/``vrcpps``), measured within 4 half-ulps.
+
+NaN and Inf behave as in the float64 reference (``ops/activation.py``): NaN in gives NaN
+out, relu(inf) = inf, sigmoid(-inf) = 0, swish(-inf) = hardswish(-inf) = -inf * 0 = NaN.
+Clamps and maxima are written as ``a > b ? a : b`` selects, one ``vmaxps``/``vminps``
+each; which operand comes second decides where a NaN goes (x86 returns the second).
 """
 from __future__ import annotations
 
@@ -97,11 +101,27 @@ def _pow2(builder, width: int, k):
     return builder.bitcast(bits, ir.VectorType(_F32, width))
 
 
+def _select_max(builder, a, b):
+    """``a > b ? a : b``: one ``vmaxps``; ``b`` when either is NaN."""
+    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
+def _select_min(builder, a, b):
+    """``a < b ? a : b``: one ``vminps``; ``b`` when either is NaN."""
+    return builder.select(builder.fcmp_ordered("<", a, b), a, b)
+
+
 def _exp(builder, width: int, x):
-    """``exp(x)`` lane by lane: relative error < 1e-7 on [-87.3, 88.7], never NaN or inf."""
+    """``exp(x)`` lane by lane: relative error < 1e-7 on [-87.3, 88.7], 0 below -104, at
+    most 3.39e38 above 88.7 (never inf), NaN for NaN."""
+    result = _exp_clamped(builder, width, x)
+    return builder.select(builder.fcmp_ordered("uno", x, x), x, result)
+
+
+def _exp_clamped(builder, width: int, x):
+    """``exp`` of ``x`` clamped to [EXP_LO, EXP_HI] (a NaN lane becomes EXP_LO)."""
     # range reduction: x = n*ln2 + r, |r| <= ln2/2
-    x = _call(builder, "minnum", width, _call(builder, "maxnum", width, x,
-                                              _const(width, EXP_LO)), _const(width, EXP_HI))
+    x = _select_min(builder, _select_max(builder, x, _const(width, EXP_LO)), _const(width, EXP_HI))
     n = _call(builder, "rint", width, builder.fmul(x, _const(width, LOG2E)))
     r = _call(builder, "fma", width, n, _const(width, -LN2_HI), x)
     r = _call(builder, "fma", width, n, _const(width, -LN2_LO), r)
@@ -144,15 +164,14 @@ def _swish(builder, width: int, x):
 
 def _hardswish(builder, width: int, x):
     """``x * (min(max(x + 3, 0), 6) / 6)``; the factor is in [0, 1], so no lane overflows."""
-    gate = _call(builder, "maxnum", width, builder.fadd(x, _const(width, 3.0)),
-                 _const(width, 0.0))
-    gate = _call(builder, "minnum", width, gate, _const(width, 6.0))
+    gate = _select_max(builder, _const(width, 0.0), builder.fadd(x, _const(width, 3.0)))
+    gate = _select_min(builder, _const(width, 6.0), gate)
     return builder.fmul(x, builder.fmul(gate, _const(width, 1.0 / 6.0)))
 
 
 def _relu(builder, width: int, x):
-    """``max(x, 0)``."""
-    return _call(builder, "maxnum", width, x, _const(width, 0.0))
+    """``max(x, 0)``; NaN stays NaN (x is the select's second operand)."""
+    return _select_max(builder, _const(width, 0.0), x)
 
 
 def _identity(builder, width: int, x):
@@ -203,7 +222,7 @@ def leaky_relu(typingctx, v, alpha):
     def codegen(context, builder, sig, args):
         alphas = splat_ir(builder, context.cast(builder, args[1], sig.args[1], types.float32),
                           v.width)
-        return _call(builder, "maxnum", v.width, args[0], builder.fmul(alphas, args[0]))
+        return _select_max(builder, builder.fmul(alphas, args[0]), args[0])
     return v(v, alpha), codegen
 
 

@@ -3,14 +3,20 @@
     net = cnngen.compile("lenet5.yaml")
     y = net(x)                       # x: float32 (N, C, H, W) or (N, C, L); y: numpy float32
 
-Kernels are specialised to the batch size, so each new N builds (and caches) a plan on its
-first call. Input conversion is documented and nothing else is guessed: float64 and
-integer arrays are converted to float32, non-contiguous arrays are copied, any other dtype
-or a wrong shape raises InputError.
+Kernels are specialised to the batch size, so each new N builds a plan on its first call;
+the ``max_plans`` most recently used plans are kept (an evicted plan's buffers are freed).
+Input conversion is documented and nothing else is guessed: float64 and integer arrays are
+converted to float32, non-contiguous arrays are copied, any other dtype or a wrong shape
+raises InputError.
+
+A net is safe to call from several threads: a call holds the net's lock while it runs
+(the kernels already use every core, so callers queue rather than share buffers).
 """
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -24,6 +30,10 @@ from ..spec import build_graph, load_spec
 from ..suggest import did_you_mean
 from ..weights import Weights, check_weights, init_weights, load_npz, save_npz
 from .plan import Plan
+from .weights_view import NetWeights, plain
+
+# Plans (one per batch size) a net keeps by default; each holds its activation buffers.
+MAX_PLANS = 8
 
 
 def as_batch(graph: Graph, x) -> np.ndarray:
@@ -36,6 +46,18 @@ def as_batch(graph: Graph, x) -> np.ndarray:
         raise InputError("input: expected float32 (float64 and integers are converted); "
                          "received dtype float16.")
     return np.ascontiguousarray(check_input(graph, x), np.float32)
+
+
+def check_out(graph: Graph, n_batch: int, out) -> None:
+    """``out`` must be a writable C-contiguous float32 array of the output's shape."""
+    shape = (n_batch, *graph.output.out.shape)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
+               f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' non-contiguous'}"
+               f"{'' if out.flags.writeable else ' read-only'}")
+        raise InputError(f"out: expected a writable C-contiguous float32 array of shape "
+                         f"{shape}; received {got}.")
 
 
 def schedule_kind(node) -> type[Schedule] | None:
@@ -73,28 +95,45 @@ def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
 class CompiledNet:
     def __init__(self, spec, weights: Weights | None = None, target="cpu",
                  cache_dir: str | os.PathLike | None = None, seed: int = 0,
-                 schedules: dict[str, Schedule] | None = None):
+                 schedules: dict[str, Schedule] | None = None, max_plans: int = MAX_PLANS):
         if isinstance(spec, Graph):
             self.graph = spec
         else:
             self.graph = build_graph(load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec)
+        if isinstance(max_plans, bool) or not isinstance(max_plans, int) or max_plans < 1:
+            raise InputError(f"max_plans: expected an integer >= 1; received {max_plans!r}.")
         self.target = targets.resolve(target)
         self.cache = KernelCache(cache_dir)
         self.schedules = check_schedules(self.graph, schedules or {})
         self._weights = (init_weights(self.graph, seed) if weights is None
-                         else check_weights(self.graph, weights))
-        self._plans: dict[tuple[int, bool], Plan] = {}   # by (batch, reuse)
+                         else check_weights(self.graph, plain(weights)))
+        self.max_plans = max_plans
+        self._plans: OrderedDict[tuple[int, bool], Plan] = OrderedDict()   # by (batch, reuse)
+        self._lock = threading.RLock()
 
     @property
-    def weights(self) -> Weights:
-        """``{layer: {param: array}}``, a copy; assign a dict to replace them (validated)."""
-        return {layer: {k: v.copy() for k, v in p.items()} for layer, p in self._weights.items()}
+    def weights(self) -> NetWeights:
+        """``{layer: {param: array}}``: read-only arrays; assigning a layer's dict or one
+        parameter (``net.weights["c1"]["w"] = w``) validates it and repacks the kernels'
+        constants. Assigning the whole dict replaces every parameter."""
+        return NetWeights(self)
 
     @weights.setter
     def weights(self, value: Weights) -> None:
-        self._weights = check_weights(self.graph, value)
-        for plan in self._plans.values():
-            plan.update_weights(self._weights)
+        checked = check_weights(self.graph, plain(value))
+        with self._lock:
+            self._weights = checked
+            for plan in self._plans.values():
+                plan.update_weights(self._weights)
+
+    def set_weights(self, changed: Weights) -> None:
+        """Replace the parameters of the layers in ``changed`` (each layer complete),
+        validated, and repack only those layers' constants."""
+        with self._lock:
+            checked = check_weights(self.graph, {**self._weights, **plain(changed)})
+            self._weights = checked
+            for plan in self._plans.values():
+                plan.update_weights(self._weights, layers=set(changed))
 
     def load_weights(self, path: str | os.PathLike) -> None:
         self.weights = load_npz(path)
@@ -103,39 +142,55 @@ class CompiledNet:
         save_npz(self._weights, path)
 
     def plan(self, n_batch: int, reuse: bool = True) -> Plan:
-        """The plan for batch size ``n_batch``: built and compiled on first use.
+        """The plan for batch size ``n_batch``: built and compiled on first use, kept while
+        it is among the ``max_plans`` most recently used.
 
         ``reuse=False`` gives every activation its own buffer, so ``plan.tensor(layer)``
         can show any layer after a run (for debugging; it takes more memory)."""
         if isinstance(n_batch, bool) or not isinstance(n_batch, (int, np.integer)) or n_batch < 1:
             raise InputError(f"batch size: expected an integer >= 1; received {n_batch!r}.")
         key = (int(n_batch), bool(reuse))
-        if key not in self._plans:
-            self._plans[key] = Plan(self.graph, key[0], self.target, self.cache,
-                                    self._weights, self.schedules, reuse)
-        return self._plans[key]
+        with self._lock:
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+            plan = Plan(self.graph, key[0], self.target, self.cache, self._weights,
+                        self.schedules, reuse)
+            self._plans[key] = plan
+            while len(self._plans) > self.max_plans:
+                self._plans.popitem(last=False)
+            return plan
 
     @property
     def kernels(self):
-        """Every kernel loaded so far, once each: name, path, seconds, cache_hit."""
+        """Every kernel of the plans kept, once each: name, path, seconds, cache_hit."""
         seen = {}
-        for plan in self._plans.values():
+        for plan in list(self._plans.values()):
             for step in plan.steps:
                 seen.setdefault(step.kernel.path, step.kernel)
         return list(seen.values())
 
-    def __call__(self, x) -> np.ndarray:
+    def __call__(self, x, out: np.ndarray | None = None) -> np.ndarray:
+        """The network's output for the batch ``x``: a new array, or written into ``out``
+        (float32, C-contiguous, the output's shape) and returned."""
         x = as_batch(self.graph, x)
-        plan = self.plan(x.shape[0])
-        plan.set_input(x)
-        plan.run()
-        return plan.output().copy()
+        if out is not None:
+            check_out(self.graph, x.shape[0], out)
+        with self._lock:
+            plan = self.plan(x.shape[0])
+            plan.set_input(x)
+            plan.run()
+            if out is None:
+                return plan.output().copy()
+            out[...] = plan.output()
+            return out
 
     def __repr__(self) -> str:
         return f"CompiledNet({self.graph.name!r}, target={self.target.kind}-{self.target.isa})"
 
 
 def compile(spec, weights: Weights | None = None, target="cpu", cache_dir=None, seed: int = 0,
-            schedules: dict[str, Schedule] | None = None) -> CompiledNet:
+            schedules: dict[str, Schedule] | None = None,
+            max_plans: int = MAX_PLANS) -> CompiledNet:
     """A spec (path, text, dict or Graph) compiled for ``target`` ("cpu", "cpu-avx2", a Target)."""
-    return CompiledNet(spec, weights, target, cache_dir, seed, schedules)
+    return CompiledNet(spec, weights, target, cache_dir, seed, schedules, max_plans)

@@ -6,6 +6,7 @@ packs the weights into the kernels' layouts. Running it is a loop over steps.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from ..codegen.cpu import HALO, LOWER, Lowering
 from ..codegen.cpu.edges import from_blocked, to_blocked
 from ..codegen.kernel import Buffer, Call, Const
 from ..codegen.layout import Blocked, FlatView
+from ..errors import InputError
 from ..ir import Graph, Node
 from ..passes import for_inference, origin, readers
 from ..schedule import Schedule
@@ -157,6 +159,33 @@ def share_buffers(graph: Graph, layouts: dict, views: dict[str, str], n_batch: i
     return home, capacity, overwritten, memory
 
 
+def available_bytes() -> int | None:
+    """Memory the system can still hand out (Linux ``MemAvailable``); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(graph: Graph, n_batch: int, nbytes: int) -> None:
+    """InputError, before anything is allocated, when a plan's buffers exceed the memory
+    available (numpy would raise MemoryError, or the kernel's OOM killer would strike)."""
+    available = available_bytes()
+    if available is not None and nbytes > available:
+        gib = 1 << 30
+        raise InputError(f"batch size {n_batch}: {graph.name!r} needs {nbytes / gib:.2f} GiB "
+                         f"of activation buffers and this machine has {available / gib:.2f} "
+                         f"GiB available. Use a smaller batch (about "
+                         f"{max(1, int(n_batch * available / nbytes))} fits).")
+
+
 # Below this much work a kernel runs on the calling thread: waking the pool costs more.
 PARALLEL_FLOPS = 2_000_000
 PARALLEL_BYTES = 256 << 10
@@ -214,6 +243,9 @@ class Plan:
         calls, temps = self._lower(schedules or {})
         home, capacity, self.overwritten, self.memory = share_buffers(
             graph, self.layouts, self.views, n_batch, reuse)
+        check_fits(graph, n_batch, sum(capacity.values()) + 4 * n_batch * (
+            graph.input.size + graph.output.out.size
+            + sum(layout.size(1) for layout in temps.values())))
         held = {h: np.zeros(nbytes // 4, np.float32) for h, nbytes in capacity.items()}
         self.buffers = {name: np.zeros(layout.size(n_batch), np.float32)
                         for name, layout in temps.items()}
@@ -254,11 +286,14 @@ class Plan:
         bound = [self.consts[a] if isinstance(a, Const) else self.buffers[a.name] for a in args]
         return bound + [UNUSED] * (MAX_ARGS - len(bound))
 
-    def update_weights(self, params: dict[str, dict[str, np.ndarray]], calls=None) -> None:
-        """Repack every constant from ``params``, in place, so bound steps see the new values."""
+    def update_weights(self, params: dict[str, dict[str, np.ndarray]], calls=None,
+                       layers: set[str] | None = None) -> None:
+        """Repack the constants from ``params`` (only those packed from ``layers``, if
+        given), in place, so bound steps see the new values."""
         for call in calls if calls is not None else [s.call for s in self.steps]:
             for arg in call.args:
-                if isinstance(arg, Const):
+                if isinstance(arg, Const) and (layers is None or not layers.isdisjoint(
+                        n.name for n in origin(self.graph.node(arg.layer)))):
                     source = layer_params(self.graph.node(arg.layer), params)
                     packed = np.ascontiguousarray(arg.pack(source), np.float32)
                     if arg in self.consts:

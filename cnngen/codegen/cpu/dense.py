@@ -97,7 +97,7 @@ def lower_dense(low: Lowering) -> list[Call]:
         "dense", ops, f"nc{v}c", s, flops=2 * n_batch * units * features,
         bytes=4 * (x.size(n_batch) + out.size(n_batch) + out.blocks * v * in_blocks * v),
         **activation_values(act), n_batch=n_batch, **inputs,
-        unit_blocks=out.blocks, unit_vecs=s.unit_vecs,
+        unit_blocks=out.blocks, unit_vecs=s.unit_vecs, last_lanes=units - (out.blocks - 1) * v,
         batch_tile=s.batch_tile, k_blocks=k_blocks, tiles_per_task=tiles_per_task,
         chunks=chunks, tail_tiles=int(n_batch % s.batch_tile > 0),
         batch_tail=n_batch % s.batch_tile or s.batch_tile,
