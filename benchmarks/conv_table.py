@@ -5,8 +5,9 @@
 
 For each row of ``shapes.json`` (conv2d, then conv1d) cnngen runs in this process and each
 peer in its own worker process (``peers.py``). After a correctness check against PyTorch,
-the samples go round-robin: cnngen, its edge conversions, torch NCHW, torch channels_last,
-ORT, then again, with the starting runner rotated each round. A sample is ``k`` timed calls
+the samples go round-robin: cnngen, its edge conversions, cnngen as a user calls it
+(``net(x)``: numpy in, numpy out, input checks and output copy included), torch NCHW,
+torch channels_last, ORT, then again, with the starting runner rotated each round. A sample is ``k`` timed calls
 after one untimed warm-up call, with ``k`` chosen so that a sample takes about
 ``--sample-ms``. Each runner waits for its own thread pool to stop spinning before the next
 runner starts (``peers.settle``). Reported: the median per-call time over all samples and its
@@ -92,7 +93,8 @@ class CnngenRunner:
         set_input = partial(self.plan.set_input, self.x)
         self.calls = {"conv": _chain(compute),
                       "edge_in": _chain(edge_in) if edge_in else set_input,
-                      "edge_out": _chain(edge_out) if edge_out else self.plan.output}
+                      "edge_out": _chain(edge_out) if edge_out else self.plan.output,
+                      "user": partial(self.net, self.x)}
 
     def output(self) -> np.ndarray:
         self.plan.set_input(self.x)
@@ -330,6 +332,20 @@ def _main_cells(r: dict) -> list[str]:
             _cell(o), _num(o and o["gflops"], ".0f"), _num(ratios.get("ort"), ".2f")]
 
 
+def _user_cells(r: dict) -> list[str]:
+    run, best = r["runners"], r["best"]
+    user, cn, t = run.get("cnngen:user"), run.get("cnngen"), run.get(best.get("torch"))
+    ratio = (lambda s: t["median_ms"] / s["median_ms"] if t and s else None)
+    return [r["row"], _cell(user), _ms(cn and cn["median_ms"]), _ms(t and t["median_ms"]),
+            _num(ratio(user), ".2f"), _num(ratio(cn), ".2f")]
+
+
+def user_ratio(r: dict) -> float | None:
+    """torch ms / cnngen's ``net(x)`` ms for a row, None without both."""
+    user, t = r["runners"].get("cnngen:user"), r["runners"].get(r["best"].get("torch"))
+    return t["median_ms"] / user["median_ms"] if user and t else None
+
+
 def _detail_cells(r: dict) -> list[str]:
     run = r["runners"]
     med = {lab: s["median_ms"] for lab, s in run.items()}
@@ -343,6 +359,8 @@ def _detail_cells(r: dict) -> list[str]:
 MAIN = [("row", 16), ("MFLOP", 6), ("cnngen ms [IQR]", 21), ("GF/s", 5), ("torch ms [IQR]", 21),
         ("layout", 6), ("GF/s", 5), ("torch/cn", 8), ("ort ms [IQR]", 21), ("GF/s", 5),
         ("ort/cn", 6)]
+USER = [("row", 16), ("net(x) ms [IQR]", 21), ("kernel ms", 9), ("torch ms", 9),
+        ("torch/net(x)", 12), ("torch/kernel", 12)]
 DETAIL = [("row", 16), ("torch nchw/ncl", 14), ("torch cl", 8), ("edge in ms", 10),
           ("edge out ms", 11), ("edges/conv", 10), ("other load", 10)]
 
@@ -367,6 +385,17 @@ def print_report(report: dict) -> None:
           "blocked -> NCHW (out),\ntheir sum over the conv's time; cores used by other programs "
           "while the row was timed:\n")
     _table(DETAIL, [_detail_cells(r) for r in report["rows"]])
+    users = [r for r in report["rows"] if "cnngen:user" in r["runners"]]
+    if users:
+        print("\nuser level: cnngen's net(x) with numpy in and out (input checks, edge "
+              "conversions, kernels,\noutput copy) beside the kernel alone and torch's faster "
+              "layout:\n")
+        _table(USER, [_user_cells(r) for r in users])
+        for op in ("conv2d", "conv1d"):
+            ratios = [x for x in (user_ratio(r) for r in users if r["op"] == op) if x]
+            if ratios:
+                print(f"geomean torch_ms / net(x)_ms over {len(ratios)} {op} rows: "
+                      f"{geomean(ratios):.2f}x")
     print()
     noisy = [r["row"] for r in report["rows"] if (r["other_load_cores"] or 0) > 0.2]
     if noisy:
