@@ -5,7 +5,7 @@ schedule, source and work (``--profile``: its time). SPEC is a .yaml/.json path 
 ``zoo:NAME`` (see ``cnngen zoo``).
 
 Exit status: 0 when valid, 1 for an invalid spec (the message goes to stderr), 2 for a
-command-line mistake.
+command-line mistake, 130 when interrupted (Ctrl-C: one line, no traceback).
 """
 from __future__ import annotations
 
@@ -88,12 +88,22 @@ def cmd_zoo(args) -> int:
     return 0
 
 
+def directory(value: str) -> str:
+    """A --cache-dir value: any path but the empty string (which would silently mean the
+    current directory, e.g. from an unset shell variable)."""
+    if not value:
+        raise argparse.ArgumentTypeError(
+            f"expected a directory path; received {value!r}. Omit --cache-dir for the default "
+            f"($CNNGEN_CACHE_DIR or ~/.cache/cnngen), or write '.' for the current directory")
+    return value
+
+
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     """What a command that compiles a spec takes: the spec, batch, target and cache."""
     p.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
     p.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
     p.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
-    p.add_argument("--cache-dir", default=None,
+    p.add_argument("--cache-dir", default=None, type=directory,
                    help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
 
 
@@ -130,8 +140,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         return args.run(args)
     except CnngenError as e:
         print(f"cnngen: error: {e}", file=sys.stderr)
@@ -139,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (e.g. `| head`) stopped early; that is fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the user knows; a traceback would only bury that
+        print("cnngen: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """The ``cnngen`` command line, run as a user would: a subprocess per call."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +155,56 @@ def test_explain_refuses_a_profile_of_no_launches(tmp_path):
                     "--profile", "--repeats", "0")
     assert result.returncode == 1
     assert "repeats: expected an integer >= 1; received 0" in result.stderr
+
+
+def test_empty_cache_dir_is_a_usage_error(tmp_path):
+    """An empty --cache-dir (an unset shell variable) would mean the current directory."""
+    result = cnngen("compile", str(EXAMPLES / "lenet5.yaml"), "--cache-dir", "", cwd=tmp_path)
+    assert result.returncode == 2
+    assert ("cnngen compile: error: argument --cache-dir: expected a directory path; received "
+            "''. Omit --cache-dir for the default") in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_compile_prints_one_line(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, once the first
+    kernel source is written (compiling has begun): one line, exit status 130."""
+    cache = tmp_path / "kernels"
+    proc = subprocess.Popen([sys.executable, "-m", "cnngen", "compile", "zoo:resnet18",
+                             "--cache-dir", str(cache)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(cache.rglob("*.py")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (130, "cnngen: interrupted\n")
+
+
+def test_interrupt_in_any_command_exits_130(monkeypatch, capsys):
+    from cnngen import cli
+
+    def interrupted(spec):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "check", interrupted)
+    assert cli.main(["check", str(EXAMPLES / "lenet5.yaml")]) == 130
+    assert capsys.readouterr().err == "cnngen: interrupted\n"
+
+
+def test_check_refuses_a_device_and_an_impossible_size(tmp_path):
+    result = cnngen("check", "/dev/zero")
+    assert (result.returncode, result.stderr) == (
+        1, "cnngen: error: spec path '/dev/zero' is a character device, not a regular file; "
+           "expected a .yaml or .json file.\n")
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("cnngen: 1\ninput: {shape: [2147483647, 2147483647, 2147483647]}\n"
+                    "layers:\n  - {name: r, op: relu}\n")
+    result = cnngen("check", str(spec))
+    assert result.returncode == 1
+    assert result.stderr.startswith("cnngen: error: field 'input.shape': the input (N, "
+                                    "2147483647, 2147483647, 2147483647) has ")
+    assert "the limit is 2,147,483,647 (2**31 - 1)" in result.stderr

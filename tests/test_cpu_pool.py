@@ -106,12 +106,37 @@ POOLS_1D = [
     ("global_avg_keepdims", "global_avgpool", dict(keepdims=True)),                   # 1
 ]
 
+# ONNX-style padding, up to size - 1: windows that hold one input pixel at the borders.
+ONNX_PADS_2D = [
+    ("max_k3s1_pad2", "maxpool2d", dict(size=3, stride=1, padding=2)),                # 13 x 15
+    ("avg_k3s2_pad2_incl", "avgpool2d", dict(size=3, stride=2, padding=2)),           # 8 x 9
+    # ceil_mode adds a bottom row past the end padding (which stays uncounted)
+    ("avg_k4s3_pad3_ceil_excl", "avgpool2d", dict(size=4, stride=3, padding=[[3, 0], [1, 3]],
+                                                  ceil_mode=True, count_include_pad=False)),  # 4 x 4
+    ("max_k3s2_asym_ceil", "maxpool2d", dict(size=3, stride=2, padding=[[2, 1], [1, 2]],
+                                             ceil_mode=True)),                          # 3 x 3
+    ("avg_k3s2_pad21_ceil_incl", "avgpool2d", dict(size=3, stride=2, padding=[[2, 1], [2, 1]],
+                                                   ceil_mode=True)),                    # 3 x 3
+    # a window wider than the input: the corner windows hold one pixel each
+    ("max_k5s1_pad4", "maxpool2d", dict(size=5, stride=1, padding=4)),                # 7 x 7
+]
+ONNX_PADS_1D = [
+    ("max_k3s1_pad2", "maxpool1d", dict(size=3, stride=1, padding=2)),                # 11
+    ("avg_k4s3_pad31_ceil_incl", "avgpool1d", dict(size=4, stride=3, padding=[[3, 1]],
+                                                   ceil_mode=True)),                    # 5
+    ("avg_k3s1_pad2_excl", "avgpool1d", dict(size=3, stride=1, padding=2,
+                                             count_include_pad=False)),                 # 7
+]
+
 # (id, input shape, layers, batch, input mean). Inputs centred at -4 keep every max negative.
 CHAINS = [
     ("pools2d_c17_29x31", (17, 29, 31), POOLS_2D, 2, -4.0),
     ("pools2d_c1_13x13", (1, 13, 13), C1_2D, 3, -4.0),
     ("resnet_c64_112x112", (64, 112, 112), RESNET, 1, 0.0),
     ("pools1d_c17_l31", (17, 31), POOLS_1D, 2, -4.0),
+    ("onnx_pads2d_c17_11x13", (17, 11, 13), ONNX_PADS_2D, 2, -4.0),
+    ("onnx_pads2d_c3_7x5", (3, 7, 5), ONNX_PADS_2D[:4], 1, -4.0),
+    ("onnx_pads1d_c17_l9", (17, 9), ONNX_PADS_1D, 2, -4.0),
 ]
 
 
@@ -154,6 +179,17 @@ def test_pools_read_conv_halo(target, cache):
     np.testing.assert_array_equal(switches(plan, "max"), fwd.context.saved["max"])
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_fused_max_pool_with_onnx_padding(target, cache):
+    """conv -> relu -> maxpool(3, stride 2, padding 2) is one kernel whose general pool
+    clips windows that are mostly padding."""
+    b = Builder("conv_pool_pad2", (5, 13, 11))
+    b.conv2d("c1", filters=17, kernel=3, padding=1, activation="relu")
+    b.maxpool2d("p", size=3, stride=2, padding=2)
+    plan, _ = run(b.spec(), target, cache)
+    assert [n.name for n in plan.graph.nodes] == ["p"]
+
+
 # ---- switches and max_unpool ---------------------------------------------------------------
 
 def unpool_spec(shape, **pool):
@@ -174,6 +210,19 @@ def test_max_unpool_3x3s2_switches(target, values, cache):
          "all_equal": np.full((2, 3, 13, 13), -1.5),
          "rounded": np.round(rng.standard_normal((2, 3, 13, 13)))}[values].astype(np.float32)
     plan, fwd = run(spec, target, cache, x=x)
+    np.testing.assert_array_equal(switches(plan, "p"), fwd.context.saved["p"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("shape,pool", [
+    ((17, 9, 11), dict(size=3, stride=2, padding=2)),
+    ((3, 8, 7), dict(size=4, stride=3, padding=[[3, 1], [2, 3]], ceil_mode=True)),
+    ((17, 5), dict(size=3, stride=1, padding=2)),
+], ids=["k3s2_pad2", "k4s3_asym_ceil", "1d_k3s1_pad2"])
+def test_switches_with_onnx_padding(shape, pool, target, cache):
+    """Padding up to size - 1: every switch indexes the unpadded input (never the padding),
+    as the reference's do."""
+    plan, fwd = run(unpool_spec(shape, **pool), target, cache, mean=-4.0)
     np.testing.assert_array_equal(switches(plan, "p"), fwd.context.saved["p"])
 
 

@@ -120,6 +120,84 @@ def test_avgpool_count_include_pad_by_hand():
     np.testing.assert_allclose(exc.out[0, 0], np.ones((3, 3)))
 
 
+# ---- ONNX-style pool padding: up to size - 1 ---------------------------------------------
+
+# [[1, 2], [3, 4]] pooled 3x3, stride 1, padding 2: 4x4 windows. Window (oh, ow) covers
+# input rows [oh-2, oh] and cols [ow-2, ow]: rows {0}, {0, 1}, {0, 1}, {1} by oh (cols alike).
+PAD2 = np.array([[1.0, 2.0], [3.0, 4.0]])[None, None]
+
+
+def test_maxpool_padding_up_to_size_minus_one_by_hand():
+    """Max over the input pixels only; switches index the unpadded 2x2 plane (1, 2, 3, 4
+    sit at 0, 1, 2, 3)."""
+    _, fwd = run(single("maxpool2d", (1, 2, 2), size=3, stride=1, padding=2,
+                        return_switches=True), PAD2)
+    np.testing.assert_array_equal(fwd.out[0, 0], [[1, 2, 2, 2], [3, 4, 4, 4], [3, 4, 4, 4],
+                                                  [3, 4, 4, 4]])
+    np.testing.assert_array_equal(fwd.context.saved["y"][0, 0], [[0, 1, 1, 1], [2, 3, 3, 3],
+                                                                 [2, 3, 3, 3], [2, 3, 3, 3]])
+
+
+def test_avgpool_padding_up_to_size_minus_one_by_hand():
+    """count_include_pad: every window lies inside the padded 6x6, so all divide by 9.
+    Without it, each divides by its input pixels: 1, 2, 2, 1 rows times 1, 2, 2, 1 cols."""
+    _, inc = run(single("avgpool2d", (1, 2, 2), size=3, stride=1, padding=2), PAD2)
+    _, exc = run(single("avgpool2d", (1, 2, 2), size=3, stride=1, padding=2,
+                        count_include_pad=False), PAD2)
+    sums = np.array([[1, 3, 3, 2], [4, 10, 10, 6], [4, 10, 10, 6], [3, 7, 7, 4]])
+    np.testing.assert_allclose(inc.out[0, 0], sums / 9)
+    np.testing.assert_allclose(exc.out[0, 0], [[1, 1.5, 1.5, 2], [2, 2.5, 2.5, 3],
+                                               [2, 2.5, 2.5, 3], [3, 3.5, 3.5, 4]])
+
+
+def test_pool_padding_with_ceil_mode_by_hand():
+    """[1, 2, 3, 4, 5], size 3, stride 2, padding (2, 1), ceil_mode: windows start at -2,
+    0, 2 and 4; the last covers pixel 4, the explicit pad 5 and ceil_mode's extra 6. As in
+    PyTorch, count_include_pad counts the explicit padding but not the extra position:
+    5 / 2 for the last window, 1 / 3 for the first."""
+    x = np.arange(1.0, 6.0)[None, None]
+    attrs = dict(size=3, stride=2, padding=[[2, 1]], ceil_mode=True)
+    _, inc = run(single("avgpool1d", (1, 5), **attrs), x)
+    _, exc = run(single("avgpool1d", (1, 5), count_include_pad=False, **attrs), x)
+    _, mx = run(single("maxpool1d", (1, 5), return_switches=True, **attrs), x)
+    np.testing.assert_allclose(inc.out[0, 0], [1 / 3, 6 / 3, 12 / 3, 5 / 2])
+    np.testing.assert_allclose(exc.out[0, 0], [1, 6 / 3, 12 / 3, 5])
+    np.testing.assert_array_equal(mx.out[0, 0], [1, 3, 5, 5])
+    np.testing.assert_array_equal(mx.context.saved["y"][0, 0], [0, 2, 4, 4])
+
+
+def test_max_switches_never_point_into_the_padding():
+    """An all -inf input ties with the -inf padding, yet each switch is the first input
+    pixel of its window; a NaN wins its windows, and its position is their switch."""
+    spec = single("maxpool1d", (1, 3), size=3, stride=1, padding=2, return_switches=True)
+    _, fwd = run(spec, np.full((1, 1, 3), -np.inf))
+    np.testing.assert_array_equal(fwd.out[0, 0], [-np.inf] * 5)
+    np.testing.assert_array_equal(fwd.context.saved["y"][0, 0], [0, 0, 0, 1, 2])
+    _, fwd = run(spec, np.array([[[1.0, np.nan, 3.0]]]))
+    np.testing.assert_array_equal(fwd.out[0, 0], [1, np.nan, np.nan, np.nan, 3])
+    np.testing.assert_array_equal(fwd.context.saved["y"][0, 0], [0, 1, 1, 1, 2])
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("maxpool2d", dict(size=3, stride=2, padding=2, ceil_mode=True)),
+    ("avgpool2d", dict(size=3, stride=2, padding=[[2, 1], [0, 2]], ceil_mode=True)),
+    ("avgpool2d", dict(size=[3, 4], stride=1, padding=[2, 3], count_include_pad=False)),
+    ("maxpool1d", dict(size=4, stride=3, padding=[[3, 2]], return_switches=True)),
+], ids=["max2d_ceil", "avg2d_asym_ceil", "avg2d_excl", "max1d"])
+def test_large_pool_padding_gradients(op, attrs):
+    shape = (2, 5, 6) if op.endswith("2d") else (2, 7)
+    gradcheck.check(single(op, shape, **attrs), 2, False)
+
+
+def test_pool_padding_of_the_window_size_is_refused():
+    with pytest.raises(cnngen.SpecError, match=r"layer 'y' \(maxpool2d\), field 'padding': "
+                       r"padding must be smaller than the window size.*Received: padding=3, "
+                       r"size=3\. Use padding <= 2"):
+        cnngen.check(single("maxpool2d", (1, 8, 8), size=3, padding=3))
+    with pytest.raises(cnngen.SpecError, match=r"padding=2, size=2\. Use padding <= 1"):
+        cnngen.check(single("avgpool1d", (1, 8), size=[2], padding=[[0, 2]]))
+
+
 def test_batchnorm_train_and_running_stats_by_hand():
     x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1)
     ref, fwd = run(single("batchnorm", (1,), eps=0.0 + 1e-12, momentum=0.5), x, train=True)

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 import cnngen
 from cnngen.ops import REGISTRY
-from cnngen.ops.base import (REQUIRED, Bool, Choice, Float, Int, Ints, LayerName, Padding,
-                             ShapeList)
+from cnngen.ops.base import (MAX_ELEMENTS, REQUIRED, Bool, Choice, Float, Int, Ints, LayerName,
+                             Padding, ShapeList)
 from cnngen.spec import Builder
 
 CHECK_SECONDS = 5.0
@@ -59,14 +59,20 @@ def time_limit(seconds: float):
 
 def accepted(source) -> bool:
     """True when ``check`` accepts ``source``, False on SpecError; anything else propagates.
-    An accepted spec must also make sense: positive sizes, and reshapes that keep the size."""
+    An accepted spec must also make sense: positive sizes, reshapes that keep the size, and
+    no tensor (per sample) or parameter past MAX_ELEMENTS."""
     with time_limit(CHECK_SECONDS):
         try:
             graph = cnngen.check(source).graph
-        except cnngen.SpecError:
+        except cnngen.SpecError as e:
+            assert len(str(e)) < 2000, f"a {len(str(e))}-character message: {str(e)[:200]}"
             return False
+    assert graph.input.size <= MAX_ELEMENTS
     for node in graph.nodes:
         assert all(isinstance(d, int) and d >= 1 for d in node.out.shape), str(node)
+        assert node.out.size <= MAX_ELEMENTS, str(node)
+        for shape in (*node.params.values(), *node.state.values()):
+            assert int(np.prod(shape, dtype=object)) <= MAX_ELEMENTS, f"{node}: {shape}"
         if node.op in ("flatten", "reshape"):
             assert node.out.size == node.in_types[0].size, f"size changed: {node}"
     return True
@@ -467,6 +473,10 @@ texts = st.one_of(mutated_dumps(), alias_texts(), st.text(max_size=80).map(lambd
                       lambda t: t + "\n"))
 
 
+@example("cnngen: 010\n")
+@example("cnngen: 1\ncnngen: 1\n")
+@example("cnngen: 1\ninput: {shape: [0x10, 1_0, 1:30]}\n")
+@example("? [1]\n: 1\n")
 @example("cnngen: 2001-02-30\n")
 @example("cnngen: !!int abc\n")
 @example("cnngen: !!bool maybe\n")

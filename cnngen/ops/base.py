@@ -19,8 +19,16 @@ from ..ir import Node, TensorType
 from ..suggest import did_you_mean
 
 MAX_DIM = 2**31 - 1
+# The most elements one sample's activation, or one parameter or state tensor, may hold.
+# Kernels address a tensor with flat int64 offsets (``n*X_BATCH + cb*X_BLOCK + ...``); the
+# blocked layout pads channels up to the vector width (16x for one channel) and adds
+# halos, and the batch multiplies the per-sample stride, so a per-sample bound of 2**31
+# keeps every offset far below 2**63 for any batch a machine can hold. One float32 sample
+# at the limit is already 8 GiB; spec/build checks every tensor against it.
+MAX_ELEMENTS = 2**31 - 1
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 REQUIRED = object()
+YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
 
 
 class ShortRepr(reprlib.Repr):
@@ -133,7 +141,9 @@ class Padding:
 class Bool:
     def __call__(self, value: Any, ndim: int) -> bool:
         if not isinstance(value, (bool, np.bool_)):
-            raise Invalid(f"expected true or false; received {show(value)}")
+            hint = (" (spec YAML reads yes/no/on/off as text, as YAML 1.2 does; write true or "
+                    "false)" if isinstance(value, str) and value.lower() in YAML11_BOOLS else "")
+            raise Invalid(f"expected true or false; received {show(value)}{hint}")
         return bool(value)
 
 

@@ -3,12 +3,21 @@
     o_size = (i + pad_begin + pad_end - size) // stride + 1      (ceil_mode rounds up, but
                                                                   a window never starts in
                                                                   the end padding)
-    max:  out = max over the window; padding is -inf; switches hold the flat index
-          (into the unpadded H*W or L of each channel) of the chosen element, as PyTorch does.
-    avg:  out = sum over the window / count; count includes the explicit padding when
-          count_include_pad, never the extra rows ceil_mode adds.
+    max:  out = max over the input pixels of the window (padding never wins; it is -inf
+          and ties go to input pixels); switches hold the flat index (into the unpadded
+          H*W or L of each channel) of the first maximum in window order, as PyTorch does.
+    avg:  out = sum over the window / count. With count_include_pad, count is the window
+          clipped to the padded input, [-pad_begin, i + pad_end) per axis: it counts the
+          explicit padding, never the extra rows ceil_mode adds (PyTorch's divisor). Without
+          it, count is the number of input pixels in the window.
     max_unpool: out[switches] += x, zero elsewhere; out has the pool's input shape. Where
           overlapping windows share a switch the values add (PyTorch keeps one of them).
+
+Padding may be anything up to ``size - 1`` on each side, as ONNX allows (its backend tests
+pool size 3 with padding 2); PyTorch allows only ``size // 2``, and its results agree with
+these wherever it accepts the padding. With padding below the window size every window
+holds at least one input pixel, so max and the count without padding are defined; a
+padding of ``size`` or more would make windows of padding only and is refused.
 """
 from __future__ import annotations
 
@@ -64,9 +73,10 @@ class Pool(Op):
         stride = a["stride"] if a["stride"] is not None else a["size"]
         pads = resolve_padding(a["padding"], x.spatial, a["size"], stride, (1,) * self.ndim)
         for (p0, p1), k in zip(pads, a["size"]):
-            if max(p0, p1) > k // 2:
-                raise Invalid(f"padding must be at most half the window size. Received: "
-                              f"padding={max(p0, p1)}, size={k}.", "padding")
+            if max(p0, p1) >= k:
+                raise Invalid(f"padding must be smaller than the window size, so that every "
+                              f"window holds an input pixel. Received: padding={max(p0, p1)}, "
+                              f"size={k}. Use padding <= {k - 1}.", "padding")
         out = tuple(out_size(i, k, s, 1, p, axis, a["ceil_mode"]) for i, k, s, p, axis in zip(
             x.spatial, a["size"], stride, pads, AXIS_NAMES[self.ndim]))
         return dict(a, stride=stride, padding=pads), type(x)((x.channels, *out))
@@ -81,8 +91,11 @@ class Pool(Op):
         x = xs[0]
         if self.kind == "max":
             xw = self._windows(node, x, -np.inf)
-            arg = xw.argmax(axis=-1)
-            y = np.take_along_axis(xw, arg[..., None], axis=-1)[..., 0]
+            y = xw.max(axis=-1)
+            # the first input pixel (never padding) equal to the max, or NaN where it is NaN
+            inside = self._windows(node, np.ones((1, 1, *x.shape[2:]), bool), False)
+            hit = (xw == y[..., None]) | (np.isnan(xw) & np.isnan(y)[..., None])
+            arg = (hit & inside).argmax(axis=-1)
             return y, self._switches(node, arg)
         count = self._count(node)
         return self._windows(node, x, 0.0).sum(axis=-1) / count, count

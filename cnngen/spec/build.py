@@ -1,6 +1,11 @@
 """Turn a spec document into a validated ``ir.Graph``: fields, attributes, references,
-cycles and shapes. Every user mistake becomes a ``SpecError`` that names the layer and
-the field, says what was expected and what was received, and suggests the fix.
+cycles, shapes and sizes. Every user mistake becomes a ``SpecError`` that names the layer
+and the field, says what was expected and what was received, and suggests the fix.
+
+Sizes: the input, every layer's output (per sample) and every parameter and state tensor
+hold at most ``MAX_ELEMENTS`` = 2**31 - 1 elements (see ``ops.base``: kernels index
+tensors with flat offsets that the batch multiplies). Messages stay short whatever the
+spec: lists of layers show the first ``SHOWN`` names and "... and N more".
 """
 from __future__ import annotations
 
@@ -10,13 +15,16 @@ from ..errors import SpecError
 from ..ir import Graph, Loss, Node, TensorType, frozen
 from ..ops import REGISTRY
 from ..ops import loss as losses
-from ..ops.base import IDENTIFIER, REQUIRED, Float, Invalid, integer, is_int, show
+from ..ops.base import (IDENTIFIER, MAX_ELEMENTS, REQUIRED, Float, Invalid, integer, is_int,
+                        show)
 from ..suggest import did_you_mean
 from .load import load_spec
 
 VERSION = 1
 TOP_FIELDS = ("cnngen", "name", "description", "input", "layers", "loss")
 LAYER_FIELDS = ("name", "op", "inputs")
+SHOWN = 10                 # names a message lists before "... and N more"
+MAX_OP_MESSAGE = 1000      # characters of an op's message kept (its head and its tail)
 
 
 def build_graph(spec) -> Graph:
@@ -47,6 +55,37 @@ def build_graph(spec) -> Graph:
 
 def sentence(message: str) -> str:
     return message if message.endswith((".", "?", "!", ")")) else message + "."
+
+
+def listing(names, sep: str = ", ", shown: int = SHOWN) -> str:
+    """``names`` joined by ``sep``: all of them, or the first ``shown`` and "... and N more"."""
+    names = list(names)
+    if len(names) <= shown + 1:
+        return sep.join(names)
+    return f"{sep.join(names[:shown])}{sep}... and {len(names) - shown} more"
+
+
+def shortened(message: str) -> str:
+    """An op's message, its middle cut when longer than MAX_OP_MESSAGE (a list of a
+    thousand inputs' shapes): the head says what is wrong, the tail how to fix it."""
+    if len(message) <= MAX_OP_MESSAGE:
+        return message
+    head, tail = MAX_OP_MESSAGE * 2 // 3, MAX_OP_MESSAGE // 3
+    cut = len(message) - head - tail
+    return f"{message[:head]} ... [{cut:,} characters cut] ... {message[-tail:]}"
+
+
+def check_size(where: str, what: str, shape: tuple[int, ...], fix: str,
+               per_sample: bool = True) -> None:
+    """SpecError unless a tensor of ``shape`` holds at most MAX_ELEMENTS elements."""
+    count = 1
+    for d in shape:
+        count *= d
+    if count > MAX_ELEMENTS:
+        each, batch = (" per sample", ", which the batch multiplies") if per_sample else ("", "")
+        raise SpecError(f"{where}: {what} has {count:,} elements{each}; the limit is "
+                        f"{MAX_ELEMENTS:,} (2**31 - 1), because kernels index tensors with "
+                        f"flat offsets{batch}. {fix}")
 
 
 def check_fields(raw: Mapping, allowed, where: str) -> None:
@@ -87,6 +126,8 @@ def parse_input(doc: dict) -> tuple[str, TensorType]:
         dims = tuple(integer(d, 1, "a positive integer") for d in shape)
     except Invalid:
         raise SpecError(f"field 'input.shape': expected {what}; received {show(shape)}.") from None
+    check_size("field 'input.shape'", f"the input {TensorType(dims)}", dims,
+               "Use a smaller input.")
     return name, TensorType(dims)
 
 
@@ -154,10 +195,10 @@ def parse_inputs(raw: dict, where: str, arity: int) -> tuple[str, ...] | None:
     names = tuple(identifier(v, f"{where}, field 'inputs'") for v in value)
     if arity == 0 and len(names) < 2:
         raise SpecError(f"{where}, field 'inputs': needs two or more inputs; received "
-                        f"{list(names)}.")
+                        f"[{listing(names)}].")
     if arity == 1 and len(names) != 1:
         raise SpecError(f"{where}, field 'inputs': takes exactly one input; received "
-                        f"{list(names)}.")
+                        f"{len(names)}: [{listing(names)}].")
     return names
 
 
@@ -180,10 +221,9 @@ def topological_order(layers: list[dict], input_name: str) -> list[dict]:
         for dep in deps[layer["name"]]:
             if dep != input_name and dep not in by_name:
                 known = [input_name, *by_name]
-                listing = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
                 raise SpecError(f"layer {layer['name']!r} ({layer['op']}): reads {dep!r}, "
                                 f"which is not a layer.{did_you_mean(dep, known)} "
-                                f"Layers: {listing}.")
+                                f"Layers: {listing(known)}.")
     return depth_first_order(layers, by_name, deps, input_name)
 
 
@@ -203,9 +243,10 @@ def depth_first_order(layers, by_name, deps, input_name) -> list[dict]:
                     continue
                 if state.get(dep) == 1:
                     cycle = path[path.index(dep):] + [dep]
-                    raise SpecError(f"layers form a cycle: {' -> '.join(cycle)} (each reads "
-                                    f"the next). A layer cannot read its own output, directly "
-                                    f"or through other layers.")
+                    size = f" of {len(cycle) - 1} layers" if len(cycle) > SHOWN + 1 else ""
+                    raise SpecError(f"layers form a cycle{size}: {listing(cycle, ' -> ')} (each "
+                                    f"reads the next). A layer cannot read its own output, "
+                                    f"directly or through other layers.")
                 state[dep] = 1
                 path.append(dep)
                 stack.append(iter(deps[dep]))
@@ -232,10 +273,17 @@ def infer(layer: dict, nodes: dict[str, Node], input_name: str, input_type: Tens
         attrs, out = op.infer(dict(layer["attrs"]), ins, refs)
     except Invalid as e:
         field = f", field {e.field!r}" if e.field else ""
-        reads = f" (inputs: {', '.join(layer['inputs'])})" if len(ins) > 1 else ""
-        raise SpecError(sentence(f"{where}{field}: {e}{reads}")) from None
+        reads = f" (inputs: {listing(layer['inputs'])})" if len(ins) > 1 else ""
+        raise SpecError(sentence(f"{where}{field}: {shortened(str(e))}{reads}")) from None
+    check_size(where, f"the output {out}", out.shape,
+               "Use a smaller input or fewer channels, or downsample earlier.")
+    params, state = op.params(attrs, ins), op.state(attrs, ins)
+    for key, shape in {**params, **state}.items():
+        check_size(where, f"parameter {key!r} of shape ({', '.join(map(str, shape))})", shape,
+                   "Use fewer units, filters or channels, or a smaller kernel.",
+                   per_sample=False)
     return Node(layer["name"], layer["op"], layer["inputs"], frozen(attrs), tuple(ins), out,
-                frozen(op.params(attrs, ins)), frozen(op.state(attrs, ins)),
+                frozen(params), frozen(state),
                 op.macs(attrs, ins, out), tuple(node.name for node in refs.values()))
 
 

@@ -2,7 +2,8 @@
 
 - maxpool/avgpool 1-D and 2-D: ``pool2d``, one vector max or sum per window over a channel
   block, windows clipped to the valid input (the input's halo is sized for convolutions,
-  and its zeros are not max's -inf padding).
+  and its zeros are not max's -inf padding). Padding may reach size - 1 (ONNX), so a border
+  window may hold a single input pixel, but never none (see ``ops.pool``).
 - maxpool with ``return_switches``: ``maxpool2d_switches`` also writes each output's
   argmax, the flat index ``h*W_in + w`` into the unpadded input plane, as float32 in the
   temporary buffer ``<layer>:switches`` (same blocked shape as the output, no halo).
