@@ -59,7 +59,6 @@ class DenseSchedule(Schedule):
 class ConvWorkload:
     """What a conv kernel computes, as far as scheduling cares (channel counts per group)."""
 
-    n_batch: int
     c_in: int
     c_out: int
     h_out: int
@@ -104,7 +103,8 @@ def conv_default(work: ConvWorkload, target: Target) -> ConvSchedule:
     ic_block = max(1, min(ic_vecs, target.l1d_bytes // 2 // per_vec))
     while ic_vecs % ic_block:
         ic_block -= 1
-    groups = work.n_batch * (oc_blocks // oc_vecs)
+    # rows per task: enough tasks for the cores in one image (the kernel serves every batch)
+    groups = oc_blocks // oc_vecs
     rows = 1
     while groups * (-(-work.h_out // (rows * 2))) >= _tasks_wanted(target) and rows < 8:
         rows *= 2
@@ -127,8 +127,10 @@ def depthwise_default(work: ConvWorkload, target: Target) -> DepthwiseSchedule:
     return DepthwiseSchedule(balanced_tile(work.w_out, limit), 1)
 
 
-def dense_default(n_batch: int, units: int, target: Target) -> DenseSchedule:
+def dense_default(units: int, target: Target) -> DenseSchedule:
+    """Up to 4 unit vectors by up to 6 samples; the kernel serves every batch size (a
+    smaller batch runs one-sample tiles)."""
     unit_blocks = -(-units // target.vector)
     unit_vecs = next(u for u in (4, 3, 2, 1) if unit_blocks % u == 0)
-    batch_tile = min(n_batch, accumulator_limit(target, unit_vecs) // unit_vecs, 6)
+    batch_tile = min(accumulator_limit(target, unit_vecs) // unit_vecs, 6)
     return DenseSchedule(unit_vecs, batch_tile)

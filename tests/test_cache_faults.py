@@ -47,7 +47,7 @@ LOAD_SCRIPT = textwrap.dedent('''
                                               replace(host(), cores=2))
     values = []
     for k in kernels:
-        x = np.ones(2, np.float32); run_serial(k.fn.address, k.tasks, x, x, x, x, x, x)
+        x = np.ones(2, np.float32); run_serial(k.fn.address, k.task_count(1), 1, x, x, x, x, x, x)
         values.append(float(x[0]))
     print(json.dumps({"hits": [k.cache_hit for k in kernels], "values": values,
                       "stems": [k.path.stem for k in kernels],
@@ -79,7 +79,7 @@ def test_every_cache_in_a_process_shares_one_import_of_a_kernel(tmp_path, monkey
     again += KernelCache(tmp_path).load_all([("scale", source)] * 3, host())
     assert all(k is again[0] for k in again)
     shared = again[0]
-    assert shared.fn is first.fn and shared.path == first.path and shared.tasks == first.tasks
+    assert shared.fn is first.fn and shared.path == first.path and shared.task_count is first.task_count
     assert shared.from_memory and shared.cache_hit and shared.seconds == 0.0
 
 

@@ -88,7 +88,7 @@ KERNEL = textwrap.dedent('''
     TASKS = 2
 
     @cfunc(TASK, cache=True)
-    def task(task_id, x, a1, a2, a3, a4, a5):
+    def task(task_id, n_batch, x, a1, a2, a3, a4, a5):
         x[task_id] *= SCALE
 ''')
 
@@ -97,7 +97,7 @@ def run_kernel(loaded, values):
     import numpy as np
     from cnngen.codegen.parallel import run_serial
     x = np.array(values + [0.0] * (2 - len(values)), np.float32)
-    run_serial(loaded.fn.address, loaded.tasks, x, x, x, x, x, x)
+    run_serial(loaded.fn.address, loaded.task_count(1), 1, x, x, x, x, x, x)
     return x[:len(values)].tolist()
 
 
@@ -140,7 +140,7 @@ def test_corrupt_source_file_is_rewritten_not_trusted(tmp_path):
         from cnngen.codegen.parallel import run_serial
         from cnngen.target import host
         k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
-        x = np.ones(2, np.float32); run_serial(k.fn.address, k.tasks, x, x, x, x, x, x)
+        x = np.ones(2, np.float32); run_serial(k.fn.address, k.task_count(1), 1, x, x, x, x, x, x)
         print(x.tolist())
     ''')
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -162,7 +162,7 @@ def test_corrupt_numba_cache_entry_is_rebuilt(tmp_path):
         import numpy as np
         from cnngen.codegen.parallel import run_serial
         k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
-        x = np.ones(2, np.float32); run_serial(k.fn.address, k.tasks, x, x, x, x, x, x)
+        x = np.ones(2, np.float32); run_serial(k.fn.address, k.task_count(1), 1, x, x, x, x, x, x)
         print(x.tolist())
     ''')
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

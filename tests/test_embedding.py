@@ -135,13 +135,52 @@ def relu_chain(n: int) -> dict:
 @pytest.mark.slow
 def test_plan_build_is_linear_in_layers(cache):
     """Quadratic steps (a linear Graph.node scan per lookup) made 10k layers take 16 s and
-    100k never finish. 4x the layers must take well under 16x the time."""
+    100k never finish. 4x the layers must take well under 16x the time (the best of three
+    builds each, without the cyclic garbage collector, whose passes grow with the heap)."""
     def build_seconds(n):
         net = cnngen.compile(relu_chain(n), cache_dir=cache)
-        start = time.perf_counter()
-        net.plan(1)
-        return time.perf_counter() - start
+        best = float("inf")
+        for _ in range(3):
+            net._plans.clear()
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                net.plan(1)
+                best = min(best, time.perf_counter() - start)
+            finally:
+                gc.enable()
+        return best
 
     build_seconds(100)                                      # the kernel compiles here
     small, large = build_seconds(2500), build_seconds(10000)
     assert large < 8 * small, f"2.5k layers {small:.2f} s, 10k layers {large:.2f} s"
+
+
+@pytest.mark.parametrize("target", ("cpu", "cpu-avx2"))
+def test_one_compile_serves_every_batch_size(target, cache):
+    """The batch size is a kernel argument: the kernels of batch 1 run every other batch
+    (dense's tail samples included: its tile is 6 samples at most)."""
+    net = cnngen.compile(LENET, target=target, cache_dir=cache)
+    ref = cnngen.ReferenceExecutor(LENET, net.weights)
+    net(np.zeros((1, 1, 32, 32), np.float32))
+    kernels = {step.kernel.path for step in net.plan(1).steps}
+    rng = np.random.default_rng(4)
+    for n in (2, 5, 6, 7, 13, 64):
+        x = rng.random((n, 1, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(net(x), ref.forward(x).out, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"batch {n}")
+        assert {step.kernel.path for step in net.plan(n).steps} == kernels
+
+
+@pytest.mark.parametrize("target", ("cpu", "cpu-avx2"))
+@pytest.mark.parametrize("shape", [(1, 5, 5), (3, 9, 37), (20, 5, 17), (32, 16, 16),
+                                   (16, 1, 33), (17, 40), (7,)])
+def test_edges_round_trip(shape, target, cache):
+    """NCHW -> blocked -> NCHW through the transposing edge kernels: whole V x V blocks,
+    partial channel blocks, and pixels past the last whole block, exactly."""
+    spec = {"cnngen": 1, "name": "edges", "input": {"shape": list(shape)},
+            "layers": [{"name": "id", "op": "identity"}]}
+    net = cnngen.compile(spec, target=target, cache_dir=cache)
+    x = np.random.default_rng(5).standard_normal((3, *shape)).astype(np.float32)
+    np.testing.assert_array_equal(net(x), x)

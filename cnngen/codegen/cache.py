@@ -20,8 +20,10 @@ are CnngenErrors that name the path and the fix.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import importlib.util
+import operator
 import os
 import shutil
 import stat
@@ -31,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import llvmlite
 import numba
@@ -81,11 +84,16 @@ class LoadedKernel:
 
     name: str
     fn: object
-    tasks: int
+    task_count: Callable[[int], int]     # tasks for a batch of n images
     path: Path
     seconds: float
     cache_hit: bool
     from_memory: bool = False
+
+
+def task_counter(module) -> Callable[[int], int]:
+    """A kernel module's ``task_count(n_batch)``, or ``n_batch * TASKS`` (tasks per image)."""
+    return getattr(module, "task_count", None) or functools.partial(operator.mul, module.TASKS)
 
 
 # Every kernel this process has loaded, by resolved file path (directory and stem, like the
@@ -264,7 +272,7 @@ class KernelCache:
                 hit = fn.cache_hits > 0
                 if compiled_seconds is not None and hit:
                     seconds, hit = compiled_seconds + seconds, False
-                loaded = LoadedKernel(name, fn, module.TASKS, path, seconds, hit)
+                loaded = LoadedKernel(name, fn, task_counter(module), path, seconds, hit)
                 _LOADED[path] = replace(loaded, seconds=0.0, cache_hit=True, from_memory=True)
         return loaded
 

@@ -1,18 +1,25 @@
 """The runtime owns the threads; a generated kernel is only a task body.
 
-Every kernel module defines ``task(t, a0, ..., a5)``, a ``cfunc`` over raw float32
-pointers that computes task ``t`` of ``TASKS``, and the two drivers here run it, given
-its address: over
+Every kernel module defines ``task(t, n_batch, a0, ..., a5)``, a ``cfunc`` over raw
+float32 pointers that computes task ``t`` of a batch of ``n_batch`` images, and the two
+drivers here run it, given its address: over
 Numba's thread pool (``run_parallel``) or on the calling thread (``run_serial``). The
 drivers compile once per machine, whatever the kernel, because they only see the task's
 signature. Kernels then compile without Numba's parallel passes, which cost about a
 second each, and whether a kernel runs on one thread or all is a choice made at run time.
+
+The batch size is an argument, never part of a kernel's source: one compiled kernel serves
+every batch. A module has ``TASKS`` tasks per image, or defines ``task_count(n_batch)``
+when its tasks span images (dense: the batch is its GEMM's N).
 """
 from __future__ import annotations
 
 import ctypes
 import importlib.metadata
 import os
+import threading
+
+import numba
 
 from llvmlite import ir
 from numba import njit, prange, types
@@ -50,7 +57,7 @@ MAX_ARGS = 6
 # (with them LLVM may assume no NaN exists: relu and max pools turned NaN into numbers).
 FASTMATH = {"contract", "reassoc", "arcp", "afn", "nsz"}   # a set: Numba takes no frozenset
 FLOAT_PTR = types.CPointer(types.float32)
-TASK = types.void(types.int64, *([FLOAT_PTR] * MAX_ARGS))
+TASK = types.void(types.int64, types.int64, *([FLOAT_PTR] * MAX_ARGS))
 
 
 @intrinsic
@@ -65,31 +72,61 @@ def _data(typingctx, arr):
 
 
 @intrinsic
-def _call_task(typingctx, address, task_id, p0, p1, p2, p3, p4, p5):
-    """Call the task function at ``address`` (a cfunc's entry point) for task ``task_id``.
+def _call_task(typingctx, address, task_id, n_batch, p0, p1, p2, p3, p4, p5):
+    """Call the task function at ``address`` (a cfunc's entry point) for task ``task_id``
+    of a batch of ``n_batch``.
 
     Taking the address as a plain integer keeps the Python-side call of a driver cheap:
     typing a cfunc object argument costs about 11 us per launch, an integer 0.5 us.
     """
-    sig = types.void(address, task_id, p0, p1, p2, p3, p4, p5)
+    sig = types.void(address, task_id, n_batch, p0, p1, p2, p3, p4, p5)
 
     def codegen(context, builder, sig, args):
-        arg_types = [ir.IntType(64)] + [context.get_value_type(a) for a in sig.args[2:]]
+        arg_types = [ir.IntType(64)] * 2 + [context.get_value_type(a) for a in sig.args[3:]]
         fn = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), arg_types).as_pointer())
-        builder.call(fn, [context.cast(builder, args[1], sig.args[1], types.int64), *args[2:]])
+        builder.call(fn, [context.cast(builder, args[1], sig.args[1], types.int64),
+                          context.cast(builder, args[2], sig.args[2], types.int64), *args[3:]])
         return context.get_dummy_value()
     return sig, codegen
 
 
-@njit(parallel=True, cache=True)
-def run_parallel(address, tasks, a0, a1, a2, a3, a4, a5):
+def _driver(**options):
+    """``njit`` kept in Numba's on-disk cache where it can keep one; without a cache where
+    nothing is writable (a read-only install and home), rather than failing the import."""
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:        # "cannot cache function ...: no locator available"
+            return njit(**options)(fn)
+    return wrap
+
+
+@_driver(parallel=True)
+def run_parallel(address, tasks, n_batch, a0, a1, a2, a3, a4, a5):
     p0, p1, p2, p3, p4, p5 = _data(a0), _data(a1), _data(a2), _data(a3), _data(a4), _data(a5)
     for t in prange(tasks):
-        _call_task(address, t, p0, p1, p2, p3, p4, p5)
+        _call_task(address, t, n_batch, p0, p1, p2, p3, p4, p5)
 
 
-@njit(cache=True)
-def run_serial(address, tasks, a0, a1, a2, a3, a4, a5):
+@_driver()
+def run_serial(address, tasks, n_batch, a0, a1, a2, a3, a4, a5):
     p0, p1, p2, p3, p4, p5 = _data(a0), _data(a1), _data(a2), _data(a3), _data(a4), _data(a5)
     for t in range(tasks):
-        _call_task(address, t, p0, p1, p2, p3, p4, p5)
+        _call_task(address, t, n_batch, p0, p1, p2, p3, p4, p5)
+
+
+# Numba's workqueue threading layer (its fallback when neither TBB nor OpenMP loads) must
+# not be entered by two threads at once (it aborts the process); TBB and OpenMP may be.
+_WORKQUEUE_LOCK = threading.Lock()
+_threadsafe_layer: bool | None = None      # known after the first parallel launch
+
+
+def launch_parallel(address, tasks, n_batch, *args) -> None:
+    """``run_parallel``, serialised across threads where the threading layer needs it."""
+    global _threadsafe_layer
+    if _threadsafe_layer:
+        run_parallel(address, tasks, n_batch, *args)
+        return
+    with _WORKQUEUE_LOCK:
+        run_parallel(address, tasks, n_batch, *args)
+        _threadsafe_layer = numba.threading_layer() != "workqueue"

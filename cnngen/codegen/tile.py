@@ -187,3 +187,58 @@ def tile_load(typingctx, arr, off, row_stride, col_stride, rows, cols, width):
                 value = builder.insert_value(value, builder.load(ptr, align=4), r * tile.cols + c)
         return value
     return tile(arr, off, row_stride, col_stride, rows, cols, width), codegen
+
+
+def _transpose(builder, rows: list, width: int) -> list:
+    """The ``width x width`` transpose of ``rows`` (``width`` vectors): log2(width) stages of
+    two-input shuffles; the stage of distance d swaps the off-diagonal d x d blocks of every
+    2d x 2d block (after all stages, row i lane l holds the input's row l lane i)."""
+    rows = list(rows)
+    d = 1
+    while d < width:
+        lo = ir.Constant(ir.VectorType(ir.IntType(32), width),
+                         [lane if not lane & d else width + lane - d for lane in range(width)])
+        hi = ir.Constant(ir.VectorType(ir.IntType(32), width),
+                         [lane + d if not lane & d else width + lane for lane in range(width)])
+        for i in range(width):
+            if not i & d:
+                a, b = rows[i], rows[i + d]
+                rows[i] = builder.shuffle_vector(a, b, lo)
+                rows[i + d] = builder.shuffle_vector(a, b, hi)
+        d *= 2
+    return rows
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_off, src_stride, rows_in, dst, dst_off, dst_stride,
+                    rows_out, width):
+    """A width x width block transposed through registers (a layout change at the network's
+    edges): ``dst[dst_off + p*dst_stride + r] = src[src_off + r*src_stride + p]``.
+
+    Rows ``r >= rows_in`` of the source read as zero, and only the first ``rows_out`` rows of
+    the result are stored (the channels of a partial block); both are literals <= width, a
+    power of two."""
+    sizes = (_width(rows_in), _width(rows_out), _width(width))
+    if (None in sizes or not (_float_array(src) and _float_array(dst)
+                              and _ints(src_off, src_stride, dst_off, dst_stride))):
+        return None
+    n_in, n_out, v = sizes
+    if v & (v - 1) or not (0 < n_in <= v and 0 < n_out <= v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        srcv, s_off, s_stride, _, dstv, d_off, d_stride = args[:7]
+        s_off, s_stride = (context.cast(builder, a, t, types.intp)
+                           for a, t in zip((s_off, s_stride), sig.args[1:3]))
+        d_off, d_stride = (context.cast(builder, a, t, types.intp)
+                           for a, t in zip((d_off, d_stride), sig.args[5:7]))
+        zero = ir.Constant(ir.VectorType(ir.FloatType(), v), [0.0] * v)
+        rows = [builder.load(_address(context, builder, sig.args[0], srcv,
+                                      _offset(builder, s_off, s_stride, r), v), align=4)
+                if r < n_in else zero for r in range(v)]
+        for p, row in enumerate(_transpose(builder, rows, v)[:n_out]):
+            builder.store(row, _address(context, builder, sig.args[4], dstv,
+                                        _offset(builder, d_off, d_stride, p), v), align=4)
+        return context.get_dummy_value()
+    return types.none(src, src_off, src_stride, rows_in, dst, dst_off, dst_stride, rows_out,
+                      width), codegen

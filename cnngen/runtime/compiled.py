@@ -79,7 +79,7 @@ def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
     for layer, schedule in schedules.items():
         if layer not in layers:
             raise InputError(f"schedules: no layer {layer!r} in {graph.name!r}."
-                             f"{did_you_mean(str(layer), layers)}")
+                             f"{did_you_mean(layer, layers)}")
         node = graph.node(layer)
         kind = schedule_kind(node)
         if kind is None:
@@ -176,14 +176,11 @@ class CompiledNet:
         x = as_batch(self.graph, x)
         if out is not None:
             check_out(self.graph, x.shape[0], out)
+        else:
+            out = np.empty((x.shape[0], *self.graph.output.out.shape), np.float32)
         with self._lock:
-            plan = self.plan(x.shape[0])
-            plan.set_input(x)
-            plan.run()
-            if out is None:
-                return plan.output().copy()
-            out[...] = plan.output()
-            return out
+            self.plan(x.shape[0]).run(x, out)
+        return out
 
     def __repr__(self) -> str:
         return f"CompiledNet({self.graph.name!r}, target={self.target.kind}-{self.target.isa})"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codegen.cache import KernelCache, LoadedKernel
-from ..codegen.parallel import MAX_ARGS, run_parallel, run_serial
+from ..codegen.parallel import MAX_ARGS, launch_parallel, run_serial
 from ..codegen.cpu import HALO, LOWER, Lowering
 from ..codegen.cpu.edges import from_blocked, to_blocked
 from ..codegen.kernel import Buffer, Call, Const
@@ -192,8 +192,8 @@ PARALLEL_BYTES = 256 << 10
 UNUSED = np.zeros(1, np.float32)
 
 
-def worth_parallel(call: Call, kernel: LoadedKernel, cores: int) -> bool:
-    return (cores > 1 and kernel.tasks > 1
+def worth_parallel(call: Call, tasks: int, cores: int) -> bool:
+    return (cores > 1 and tasks > 1
             and (call.kernel.flops >= PARALLEL_FLOPS or call.kernel.bytes >= PARALLEL_BYTES))
 
 
@@ -210,11 +210,14 @@ def layer_params(node: Node, params: dict[str, dict[str, np.ndarray]]) -> dict:
 
 @dataclass
 class Step:
-    """One kernel launch with its arguments bound. ``step()`` runs it."""
+    """One kernel launch with its arguments bound: ``tasks`` tasks of a batch of
+    ``n_batch``, on the thread pool if ``parallel``. ``step()`` runs it."""
 
     call: Call
     kernel: LoadedKernel
     args: list
+    n_batch: int
+    tasks: int
     parallel: bool
 
     @property
@@ -226,8 +229,16 @@ class Step:
         return self.call.layer
 
     def __call__(self) -> None:
-        run = run_parallel if self.parallel else run_serial
-        run(self.kernel.fn.address, self.kernel.tasks, *self.args)
+        run = launch_parallel if self.parallel else run_serial
+        run(self.kernel.fn.address, self.tasks, self.n_batch, *self.args)
+
+    def run_on(self, position: int, array: np.ndarray) -> None:
+        """Run with argument ``position`` replaced by the flat float32 ``array`` (an edge
+        reading the caller's input or writing the caller's output in place)."""
+        args = list(self.args)
+        args[position] = array
+        run = launch_parallel if self.parallel else run_serial
+        run(self.kernel.fn.address, self.tasks, self.n_batch, *args)
 
 
 class Plan:
@@ -258,9 +269,11 @@ class Plan:
         start = time.perf_counter()
         kernels = cache.load_all([(c.kernel.name(target), c.kernel.source(target)) for c in calls],
                                  target)
-        self.steps = [Step(call, kernel, self._bind_all(call.args),
-                           worth_parallel(call, kernel, target.cores))
-                      for call, kernel in zip(calls, kernels)]
+        self.steps = []
+        for call, kernel in zip(calls, kernels):
+            tasks = kernel.task_count(n_batch)
+            self.steps.append(Step(call, kernel, self._bind_all(call.args), n_batch, tasks,
+                                   worth_parallel(call, tasks, target.cores)))
         self.compile_seconds = time.perf_counter() - start
 
     def _lower(self, schedules):
@@ -305,9 +318,22 @@ class Plan:
         """Copy a checked (N, C, ...) float32 batch into the input edge buffer."""
         self.buffers[f"{self.graph.input_name}:nchw"][...] = x.reshape(-1)
 
-    def run(self) -> None:
-        for step in self.steps:
+    def run(self, x: np.ndarray | None = None, out: np.ndarray | None = None) -> None:
+        """Run every step. The input edge reads ``x`` in place (a checked (N, C, ...)
+        C-contiguous float32 batch) and the output edge writes ``out`` (C-contiguous
+        float32, (N, *output shape)); without them, the plan's own edge buffers
+        (``set_input``, ``output``)."""
+        first, *middle, last = self.steps
+        if x is None:
+            first()
+        else:
+            first.run_on(0, x.reshape(-1))
+        for step in middle:
             step()
+        if out is None:
+            last()
+        else:
+            last.run_on(1, out.reshape(-1))
 
     def output(self) -> np.ndarray:
         """The last run's output as (N, *output shape), a view valid until the next run."""

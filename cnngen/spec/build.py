@@ -91,7 +91,7 @@ def check_size(where: str, what: str, shape: tuple[int, ...], fix: str,
 def check_fields(raw: Mapping, allowed, where: str) -> None:
     for key in raw:
         if key not in allowed:
-            raise SpecError(f"{where}: unknown field {show(key)}.{did_you_mean(str(key), allowed)} "
+            raise SpecError(f"{where}: unknown field {show(key)}.{did_you_mean(key, allowed)} "
                             f"Allowed fields: {', '.join(allowed)}.")
 
 
@@ -152,7 +152,7 @@ def parse_layer(index: int, raw: Any, input_name: str) -> dict:
         raise SpecError(f"{where}: missing field 'op'. Known ops: {', '.join(sorted(REGISTRY))}.")
     if not isinstance(op_name, str) or op_name not in REGISTRY:
         raise SpecError(f"{where}: unknown op {show(op_name)}."
-                        f"{did_you_mean(str(op_name), REGISTRY)} "
+                        f"{did_you_mean(op_name, REGISTRY)} "
                         f"Known ops: {', '.join(sorted(REGISTRY))}.")
     op = REGISTRY[op_name]
     where = f"layer {name!r} ({op_name})"
@@ -163,7 +163,7 @@ def parse_layer(index: int, raw: Any, input_name: str) -> dict:
         if key not in op.attrs:
             takes = ", ".join((*LAYER_FIELDS, *op.attrs))
             raise SpecError(f"{where}: unknown attribute {show(key)}."
-                            f"{did_you_mean(str(key), op.attrs)} {op_name} takes: {takes}.")
+                            f"{did_you_mean(key, op.attrs)} {op_name} takes: {takes}.")
         try:
             attrs[key] = op.attrs[key].kind(value, op.ndim or 0)
         except Invalid as e:
@@ -308,7 +308,7 @@ def parse_loss(doc: dict, out: Node) -> Loss | None:
     op = raw.get("op")
     if not isinstance(op, str) or op not in losses.NAMES:
         raise SpecError(f"field 'loss.op': expected one of {', '.join(losses.NAMES)}; received "
-                        f"{show(op)}.{did_you_mean(str(op), losses.NAMES)}")
+                        f"{show(op)}.{did_you_mean(op, losses.NAMES)}")
     try:
         l2 = Float(0.0)(raw.get("l2", 0.0), 0)
         losses.check_output(op, out.out)

@@ -177,7 +177,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
     oc_blocks = conv.blocks
     mode = 2 if register_pool(node, pool, conv, out) else int(pool is not None)
     cols = 2 * out.width if mode == 2 else conv.width
-    work = sched.ConvWorkload(low.n_batch, c_group, conv.channels // groups, out.height,
+    work = sched.ConvWorkload(c_group, conv.channels // groups, out.height,
                               cols, *kernel, stride[1])
     s = low.schedule
     if s is not None:
@@ -204,7 +204,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
                   or bool(node.fused) or conv.channels % v > 0),
         last_lanes=conv.channels - (oc_blocks - 1) * v,
         residual=bool(residual), cols=cols, **pool_values(pool, conv, mode),
-        n_batch=low.n_batch, h_out=conv.height, w_out=conv.width, k_h=kernel[0], k_w=kernel[1],
+        h_out=conv.height, w_out=conv.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,
         oc_blocks_per_group=oc_blocks // groups, oc_vecs=s.oc_vecs, ow_tile=s.ow_tile,
@@ -217,7 +217,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
 
 def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
     x, out, v = low.ins[0], low.out, low.target.vector
-    work = sched.ConvWorkload(low.n_batch, 1, 1, out.height, out.width, *kernel, stride[1],
+    work = sched.ConvWorkload(1, 1, out.height, out.width, *kernel, stride[1],
                               depthwise=True)
     s = low.schedule or sched.depthwise_default(work, low.target)
     node = low.node
@@ -228,7 +228,7 @@ def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
         "depthwise2d", ops, f"nchw{v}c", s,
         flops=2 * low.n_batch * out.channels * out.height * out.width * kernel[0] * kernel[1],
         bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch)),
-        **activation_values(node.attrs["activation"], node.attrs.get("alpha", 0.01)), n_batch=low.n_batch, blocks=out.blocks,
+        **activation_values(node.attrs["activation"], node.attrs.get("alpha", 0.01)), blocks=out.blocks,
         h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ow_tile=s.ow_tile, rows=s.rows, tail_tiles=int(out.width % s.ow_tile > 0),
@@ -289,7 +289,7 @@ def lower_conv_transpose(low: Lowering) -> list[Call]:
     spread = low.temp("grid", grid)
     dilate = Call(node.name, spec(
         "dilate2d", ("spread",), f"nchw{v}c", bytes=4 * (x.size(n_batch) + grid.size(n_batch)),
-        n_batch=n_batch, blocks=x.blocks, h_in=x.height, w_in=x.width,
+        blocks=x.blocks, h_in=x.height, w_in=x.width,
         stride_h=stride[0], stride_w=stride[1], x_batch=x.batch_stride, x_block=x.block_stride,
         x_row=x.row_stride, x_origin=x.origin, **grid.strides("out")),
         (low.inputs[0], spread))

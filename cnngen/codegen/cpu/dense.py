@@ -18,8 +18,10 @@ from ..layout import Blocked, FlatView
 from . import Lowering, activation_values
 from .conv import pack_bias
 
-# Tasks per core wanted from prange: enough to balance, few enough to keep tiles long.
-TASKS_PER_CORE = 4
+# Batch tiles per task. The kernel takes the batch size as an argument, so this cannot
+# follow the batch: two tiles (12 samples at the widest tile) share each weight slice from
+# L2, and a batch of 64 still splits into 6 chunks per unit group for the cores.
+TILES_PER_TASK = 2
 
 
 def pack_weights(w: np.ndarray, unit_vecs: int, vector: int) -> np.ndarray:
@@ -30,14 +32,6 @@ def pack_weights(w: np.ndarray, unit_vecs: int, vector: int) -> np.ndarray:
     padded[:units, :features] = w
     grouped = padded.reshape(unit_blocks // unit_vecs, unit_vecs, vector, in_blocks * vector)
     return np.ascontiguousarray(grouped.transpose(0, 3, 1, 2)).ravel()
-
-
-def task_split(n_batch: int, groups: int, batch_tile: int, cores: int) -> tuple[int, int]:
-    """(tiles per task, chunks): batch tiles split so that there are enough tasks."""
-    tiles = -(-n_batch // batch_tile)
-    wanted = -(-TASKS_PER_CORE * cores // groups)
-    per_task = -(-tiles // max(1, min(tiles, wanted)))
-    return per_task, -(-tiles // per_task)
 
 
 def reduction_blocks(in_blocks: int, unit_vecs: int, tiles_per_task: int, vector: int,
@@ -77,13 +71,11 @@ def lower_dense(low: Lowering) -> list[Call]:
     n_batch, units, features = low.n_batch, out.channels, x.channels
     inputs = input_values(x, v)
     in_blocks = inputs["in_blocks"]
-    s = low.schedule or sched.dense_default(n_batch, units, low.target)
+    s = low.schedule or sched.dense_default(units, low.target)
     if out.blocks % s.unit_vecs:
         raise ValueError(f"layer {node.name!r} (dense): schedule unit_vecs={s.unit_vecs} must "
                          f"divide the {out.blocks} output vectors of {units} units")
-    groups = out.blocks // s.unit_vecs
-    tiles_per_task, chunks = task_split(n_batch, groups, s.batch_tile, low.target.cores)
-    k_blocks = reduction_blocks(in_blocks, s.unit_vecs, tiles_per_task, v, low.target.l2_bytes)
+    k_blocks = reduction_blocks(in_blocks, s.unit_vecs, TILES_PER_TASK, v, low.target.l2_bytes)
     act = node.attrs["activation"]
     ops = ("dense",) + ((act,) if act != "identity" else ())
     if isinstance(x, FlatView):
@@ -96,11 +88,9 @@ def lower_dense(low: Lowering) -> list[Call]:
     kernel = spec(
         "dense", ops, f"nc{v}c", s, flops=2 * n_batch * units * features,
         bytes=4 * (x.size(n_batch) + out.size(n_batch) + out.blocks * v * in_blocks * v),
-        **activation_values(act), n_batch=n_batch, **inputs,
+        **activation_values(act), **inputs,
         unit_blocks=out.blocks, unit_vecs=s.unit_vecs, last_lanes=units - (out.blocks - 1) * v,
-        batch_tile=s.batch_tile, k_blocks=k_blocks, tiles_per_task=tiles_per_task,
-        chunks=chunks, tail_tiles=int(n_batch % s.batch_tile > 0),
-        batch_tail=n_batch % s.batch_tile or s.batch_tile,
+        batch_tile=s.batch_tile, k_blocks=k_blocks, tiles_per_task=TILES_PER_TASK,
         out_batch=out.batch_stride, out_block=out.block_stride, out_origin=out.origin)
     return [Call(node.name, kernel, (low.inputs[0], weights, bias, low.output))]
 

@@ -10,7 +10,7 @@ def to_blocked(name: str, layout: Blocked, n_batch: int) -> Call:
     v = layout.vector
     size = n_batch * layout.channels * layout.height * layout.width
     kernel = spec("to_blocked", ("to_blocked",), f"nchw{v}c", bytes=4 * (size + layout.size(n_batch)),
-                  n_batch=n_batch, channels=layout.channels, blocks=layout.blocks,
+                  channels=layout.channels, blocks=layout.blocks,
                   height=layout.height, width=layout.width, **layout.strides("out"))
     return Call(name, kernel, (Buffer(f"{name}:nchw"), Buffer(name)), edge=True)
 
@@ -20,6 +20,6 @@ def from_blocked(name: str, layout: Blocked, n_batch: int) -> Call:
     v = layout.vector
     size = n_batch * layout.channels * layout.height * layout.width
     kernel = spec("from_blocked", ("from_blocked",), f"nchw{v}c", bytes=4 * (size + layout.size(n_batch)),
-                  n_batch=n_batch, channels=layout.channels, height=layout.height,
+                  channels=layout.channels, height=layout.height,
                   width=layout.width, **layout.strides("x"))
     return Call(name, kernel, (Buffer(name), Buffer(f"{name}:nchw")), edge=True)

@@ -43,7 +43,7 @@ def scale_shift(low: Lowering, ops, scale, shift, act="identity",
     kernel = spec("scale_shift", ops, f"nchw{v}c",
                   flops=2 * low.n_batch * c * out.height * out.width,
                   bytes=4 * (x.size(low.n_batch) + out.size(low.n_batch)),
-                  **activation_values(act, alpha), n_batch=low.n_batch, blocks=out.blocks,
+                  **activation_values(act, alpha), blocks=out.blocks,
                   height=out.height, width=out.width, **x.strides("x"), **out.strides("out"))
     return [Call(name, kernel, (low.inputs[0],
                                 Const(name, "scale", lambda p: padded(scale(p), c, v)),
@@ -86,7 +86,7 @@ def lower_softmax(low: Lowering) -> list[Call]:
     kernel = spec("softmax", ("softmax",), f"nchw{v}c",
                   flops=4 * low.n_batch * c * out.height * out.width,
                   bytes=4 * (x.size(low.n_batch) + 2 * out.size(low.n_batch)),
-                  n_batch=low.n_batch, blocks=out.blocks, height=out.height, width=out.width,
+                  blocks=out.blocks, height=out.height, width=out.width,
                   **x.strides("x"), **out.strides("out"))
 
     def mask(p):
@@ -127,7 +127,7 @@ def lower_binary(low: Lowering) -> list[Call]:
                       bytes=4 * (a_layout.size(low.n_batch) + b_layout.size(low.n_batch)
                                  + out.size(low.n_batch)),
                       **activation_values(act if last else "identity"), combine=combine,
-                      n_batch=low.n_batch, blocks=out.blocks, height=out.height, width=out.width,
+                      blocks=out.blocks, height=out.height, width=out.width,
                       **operand("a", a_layout, out), **operand("b", b_layout, out),
                       **out.strides("out"))
         calls.append(Call(node.name, kernel, (a_buffer, low.inputs[i], low.output)))
@@ -140,7 +140,7 @@ def lower_concat(low: Lowering) -> list[Call]:
     for x, buffer in zip(low.ins, low.inputs):
         kernel = spec("concat", ("concat",), f"nchw{v}c",
                       bytes=8 * low.n_batch * x.channels * x.height * x.width,
-                      n_batch=low.n_batch, height=out.height, width=out.width,
+                      height=out.height, width=out.width,
                       channels=x.channels, offset=offset, **x.strides("x"), **out.strides("out"))
         calls.append(Call(low.node.name, kernel, (buffer, low.output)))
         offset += x.channels
@@ -152,7 +152,7 @@ def lower_relayout(low: Lowering) -> list[Call]:
     x, out, v = low.ins[0], low.out, low.target.vector
     kernel = spec("relayout", (low.node.op,), f"nchw{v}c",
                   bytes=8 * low.n_batch * out.channels * out.height * out.width,
-                  n_batch=low.n_batch, c_in=x.channels, h_in=x.height, w_in=x.width,
+                  c_in=x.channels, h_in=x.height, w_in=x.width,
                   c_out=out.channels, h_out=out.height, w_out=out.width,
                   **x.strides("x"), **out.strides("out"))
     return [Call(low.node.name, kernel, (low.inputs[0], low.output))]

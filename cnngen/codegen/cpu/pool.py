@@ -49,7 +49,7 @@ def window_values(low: Lowering, kernel, stride, pads) -> dict:
     """Template values shared by the pooling kernels: shapes, window and both layouts."""
     x, out = low.ins[0], low.out
     return dict(
-        n_batch=low.n_batch, blocks=out.blocks, h_in=x.height, w_in=x.width,
+        blocks=out.blocks, h_in=x.height, w_in=x.width,
         h_out=out.height, w_out=out.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], pad_top=pads[0][0], pad_left=pads[1][0],
         x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride, x_origin=x.origin,
@@ -122,7 +122,7 @@ def lower_max_unpool(low: Lowering) -> list[Call]:
     kernel_spec = spec(
         "max_unpool2d", (node.op,), f"nchw{out.vector}c",
         bytes=4 * (x.size(low.n_batch) + sw.size(low.n_batch) + out.size(low.n_batch)),
-        n_batch=low.n_batch, blocks=out.blocks,
+        blocks=out.blocks,
         h_in=x.height, w_in=x.width, h_out=out.height, w_out=out.width,
         x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride, x_origin=x.origin,
         **sw.strides("sw"), **out.strides("out"))
