@@ -334,16 +334,20 @@ def _main_cells(r: dict) -> list[str]:
 
 def _user_cells(r: dict) -> list[str]:
     run, best = r["runners"], r["best"]
-    user, cn, t = run.get("cnngen:user"), run.get("cnngen"), run.get(best.get("torch"))
-    ratio = (lambda s: t["median_ms"] / s["median_ms"] if t and s else None)
-    return [r["row"], _cell(user), _ms(cn and cn["median_ms"]), _ms(t and t["median_ms"]),
-            _num(ratio(user), ".2f"), _num(ratio(cn), ".2f")]
+    user, cn = run.get("cnngen:user"), run.get("cnngen")
+    t_user, t = run.get(best.get("torch user")), run.get(best.get("torch"))
+    layout = best["torch user"].split("/")[1].replace("channels_last", "cl") if t_user else "-"
+    return [r["row"], _cell(user), _ms(cn and cn["median_ms"]),
+            _ms(t_user and t_user["median_ms"]), layout, _ms(t and t["median_ms"]),
+            _num(user_ratio(r), ".2f"),
+            _num(t["median_ms"] / cn["median_ms"] if t and cn else None, ".2f")]
 
 
 def user_ratio(r: dict) -> float | None:
-    """torch ms / cnngen's ``net(x)`` ms for a row, None without both."""
-    user, t = r["runners"].get("cnngen:user"), r["runners"].get(r["best"].get("torch"))
-    return t["median_ms"] / user["median_ms"] if user and t else None
+    """torch's best user-level ms / cnngen's ``net(x)`` ms for a row, None without both."""
+    user = r["runners"].get("cnngen:user")
+    t_user = r["runners"].get(r["best"].get("torch user"))
+    return t_user["median_ms"] / user["median_ms"] if user and t_user else None
 
 
 def _detail_cells(r: dict) -> list[str]:
@@ -359,8 +363,8 @@ def _detail_cells(r: dict) -> list[str]:
 MAIN = [("row", 16), ("MFLOP", 6), ("cnngen ms [IQR]", 21), ("GF/s", 5), ("torch ms [IQR]", 21),
         ("layout", 6), ("GF/s", 5), ("torch/cn", 8), ("ort ms [IQR]", 21), ("GF/s", 5),
         ("ort/cn", 6)]
-USER = [("row", 16), ("net(x) ms [IQR]", 21), ("kernel ms", 9), ("torch ms", 9),
-        ("torch/net(x)", 12), ("torch/kernel", 12)]
+USER = [("row", 16), ("net(x) ms [IQR]", 21), ("kernel ms", 9), ("torch user ms", 13),
+        ("layout", 6), ("torch kernel ms", 15), ("torch/net(x)", 12), ("torch/kernel", 12)]
 DETAIL = [("row", 16), ("torch nchw/ncl", 14), ("torch cl", 8), ("edge in ms", 10),
           ("edge out ms", 11), ("edges/conv", 10), ("other load", 10)]
 
@@ -387,9 +391,9 @@ def print_report(report: dict) -> None:
     _table(DETAIL, [_detail_cells(r) for r in report["rows"]])
     users = [r for r in report["rows"] if "cnngen:user" in r["runners"]]
     if users:
-        print("\nuser level: cnngen's net(x) with numpy in and out (input checks, edge "
-              "conversions, kernels,\noutput copy) beside the kernel alone and torch's faster "
-              "layout:\n")
+        print("\nuser level, numpy NCHW in and out: cnngen's net(x) (input checks, edge "
+              "conversions, kernels)\nagainst torch's faster user path (from_numpy, and for "
+              "channels_last its conversions in and out);\nthe kernels alone beside them:\n")
         _table(USER, [_user_cells(r) for r in users])
         for op in ("conv2d", "conv1d"):
             ratios = [x for x in (user_ratio(r) for r in users if r["op"] == op) if x]

@@ -321,6 +321,10 @@ class TorchPeer:
       "folded/..." runs the conv with batch norm folded into its weights and bias, then
       relu and max_pool2d (what a deployment would do by hand);
     - a network row: the spec's graph node by node (``cnngen.torch_graph.eager``).
+
+    A conv row also runs "user/nchw" and "user/channels_last": a user's call, from a NCHW
+    numpy array to a NCHW result (``from_numpy``, and the layout conversions in and out
+    for channels_last), the counterpart of cnngen's ``net(x)``.
     """
 
     name = "torch"
@@ -384,15 +388,20 @@ class TorchPeer:
 
     def _conv(self, row: Row) -> dict[str, Callable]:
         t, F = self.torch, self.torch.nn.functional
-        x, w = (t.from_numpy(a) for a in row.data())
+        x_np, w_np = row.data()
+        x, w = t.from_numpy(x_np), t.from_numpy(w_np)
         conv = F.conv2d if row.nd == 2 else F.conv1d
         args = dict(bias=None, stride=row.stride, padding=row.pad, groups=row.groups)
         if row.nd == 1:
-            return {"ncl": partial(conv, x, w, **args)}
+            return {"ncl": partial(conv, x, w, **args),
+                    "user/ncl": lambda: conv(t.from_numpy(x_np), w, **args)}
         cl = t.channels_last
+        w_cl = w.contiguous(memory_format=cl)
         return {"nchw": partial(conv, x, w, **args),
-                "channels_last": partial(conv, x.contiguous(memory_format=cl),
-                                         w.contiguous(memory_format=cl), **args)}
+                "channels_last": partial(conv, x.contiguous(memory_format=cl), w_cl, **args),
+                "user/nchw": lambda: conv(t.from_numpy(x_np), w, **args),
+                "user/channels_last": lambda: conv(
+                    t.from_numpy(x_np).contiguous(memory_format=cl), w_cl, **args).contiguous()}
 
     def output(self, variant: str) -> np.ndarray:
         return np.ascontiguousarray(self.calls[variant]().numpy())
