@@ -128,24 +128,29 @@ def test_cache_key_covers_source_and_target(tmp_path):
     assert c.path != a.path
 
 
+def run_in_fresh_process(cache_dir, source) -> list[float]:
+    """Load the scale kernel ``source`` from ``cache_dir`` in a new process and run it on ones."""
+    script = textwrap.dedent(f'''
+        import numpy as np
+        from cnngen.codegen.cache import KernelCache
+        from cnngen.codegen.parallel import run_serial
+        from cnngen.target import host
+        k = KernelCache({str(cache_dir)!r}).load("scale", {source!r}, host())
+        x = np.ones(2, np.float32); run_serial(k.fn.address, k.task_count(1), 1, x, x, x, x, x, x)
+        print(x.tolist())
+    ''')
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [float(v) for v in out.stdout.strip().strip("[]").split(",")]
+
+
 def test_corrupt_source_file_is_rewritten_not_trusted(tmp_path):
     source = KERNEL.format(scale=7.0)
     path = KernelCache(tmp_path).load("scale", source, host()).path
     path.write_text(source.replace("SCALE = 7.0", "SCALE = -1.0"))
     # this process keeps the kernel it loaded; a fresh one finds the edit and rewrites the file
     assert run_kernel(KernelCache(tmp_path).load("scale", source, host()), [1]) == [7]
-    script = textwrap.dedent(f'''
-        import numpy as np
-        from cnngen.codegen.cache import KernelCache
-        from cnngen.codegen.parallel import run_serial
-        from cnngen.target import host
-        k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
-        x = np.ones(2, np.float32); run_serial(k.fn.address, k.task_count(1), 1, x, x, x, x, x, x)
-        print(x.tolist())
-    ''')
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[7.0, 7.0]"
+    assert run_in_fresh_process(tmp_path, source) == [7.0, 7.0]
     assert path.read_text() == source
 
 
@@ -156,18 +161,7 @@ def test_corrupt_numba_cache_entry_is_rebuilt(tmp_path):
     assert entries
     for entry in entries:
         entry.write_bytes(b"\x80garbage")
-    script = textwrap.dedent(f'''
-        from cnngen.codegen.cache import KernelCache
-        from cnngen.target import host
-        import numpy as np
-        from cnngen.codegen.parallel import run_serial
-        k = KernelCache({str(tmp_path)!r}).load("scale", {source!r}, host())
-        x = np.ones(2, np.float32); run_serial(k.fn.address, k.task_count(1), 1, x, x, x, x, x, x)
-        print(x.tolist())
-    ''')
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[4.0, 4.0]"
+    assert run_in_fresh_process(tmp_path, source) == [4.0, 4.0]
 
 
 def test_no_temporary_files_are_left_behind(tmp_path):
