@@ -1,8 +1,10 @@
 """The machine kernels are generated for: CPU name, SIMD width, features, cores, caches.
 
 ``host()`` reads this machine once. ``cpu("avx2")`` narrows it, so the 8-wide (and 4-wide)
-code paths are generated and tested on an AVX-512 machine too. ``fingerprint`` is stable
-across processes and goes into every kernel cache key and tuning record.
+code paths are generated and tested on an AVX-512 machine too. ``$CNNGEN_HOST`` narrows the
+host itself, so that a whole run (the test suite included) sees this machine as an AVX2 or
+SSE one. ``fingerprint`` is stable across processes and goes into every kernel cache key and
+tuning record.
 """
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ from .errors import CnngenError
 # Widest float32 vector of each instruction set, widest first.
 ISA_WIDTH = {"avx512": 16, "avx2": 8, "sse": 4}
 ISA_FEATURE = {"avx512": "avx512f", "avx2": "avx2", "sse": "sse2"}
+# Feature-name prefixes that only an instruction set at least this wide has: narrowing below
+# it drops them, so a narrowed target's fingerprint differs from the wider machine's.
+ISA_ONLY_FEATURES = {"avx512": ("avx512", "evex512", "avx10", "amx"),
+                     "avx2": ("avx", "fma", "f16c", "vaes", "vpclmulqdq", "xop")}
+HOST_VARIABLE = "CNNGEN_HOST"
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,8 @@ def _cores() -> int:
 
 
 @functools.cache
-def host() -> Target:
-    """This machine, read once per process."""
+def detected() -> Target:
+    """This machine as llvmlite reports it, read once per process; ``$CNNGEN_HOST`` aside."""
     from llvmlite import binding as llvm
 
     llvm.initialize_native_target()
@@ -89,6 +96,44 @@ def host() -> Target:
                   _cache_bytes(2, "Data", 1 << 20), _cache_bytes(3, "Data", 8 << 20))
 
 
+@functools.cache
+def host() -> Target:
+    """This machine, narrowed to ``$CNNGEN_HOST`` when it is set; read once per process.
+
+    ``CNNGEN_HOST=cpu-avx2`` (or ``cpu-sse``) makes an AVX-512 machine report the narrower
+    instruction set, its vector width and its features (the wider ISA's features dropped, so
+    kernel cache keys differ from the full host's), and a request for a wider target is
+    refused, as on a real AVX2 machine. It narrows what cnngen generates (every kernel is
+    written for ``vector`` lanes), not the machine code: Numba still compiles for the real
+    CPU and may use its wider instructions inside a kernel. Set ``NUMBA_CPU_NAME`` as well
+    (e.g. ``haswell``) to keep those out too.
+    """
+    target = detected()
+    value = os.environ.get(HOST_VARIABLE, "")
+    if value in ("", "cpu"):
+        return target
+    names = tuple(f"cpu-{isa}" for isa in ISA_WIDTH)
+    if value not in names:
+        raise CnngenError(f"environment variable {HOST_VARIABLE}: unknown target {value!r}; "
+                          f"expected one of {', '.join(map(repr, names))}, or unset for this "
+                          f"machine as it is.")
+    isa = value[4:]
+    if ISA_WIDTH[isa] > target.vector:
+        raise CnngenError(f"environment variable {HOST_VARIABLE}={value}: this CPU "
+                          f"({target.cpu_name}) has no {isa}; it supports up to {target.isa}. "
+                          f"{HOST_VARIABLE} can only narrow the host; unset it or use a "
+                          f"narrower target.")
+    return narrow(target, isa)
+
+
+def narrow(target: Target, isa: str) -> Target:
+    """``target`` limited to the narrower ``isa``: its width, and without wider features."""
+    dropped = tuple(prefix for wider, prefixes in ISA_ONLY_FEATURES.items()
+                    if ISA_WIDTH[wider] > ISA_WIDTH[isa] for prefix in prefixes)
+    features = tuple(f for f in target.features if not f.startswith(dropped))
+    return replace(target, isa=isa, features=features)
+
+
 def cpu(isa: str | None = None) -> Target:
     """The host CPU, optionally narrowed to an older instruction set ("avx2", "sse")."""
     target = host()
@@ -97,9 +142,11 @@ def cpu(isa: str | None = None) -> Target:
     if isa not in ISA_WIDTH:
         raise CnngenError(f"unknown instruction set {isa!r}; expected one of {tuple(ISA_WIDTH)}")
     if ISA_WIDTH[isa] > target.vector:
-        raise CnngenError(f"this CPU ({target.cpu_name}) has no {isa}; it supports up to "
-                          f"{target.isa}")
-    return replace(target, isa=isa)
+        narrowed = (f", narrowed by {HOST_VARIABLE}={os.environ.get(HOST_VARIABLE)}"
+                    if target.isa != detected().isa else "")
+        raise CnngenError(f"this CPU ({target.cpu_name}{narrowed}) has no {isa}; it supports "
+                          f"up to {target.isa}")
+    return narrow(target, isa)
 
 
 def resolve(target: str | Target | None) -> Target:

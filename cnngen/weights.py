@@ -6,12 +6,15 @@ Writes are atomic: a crash mid-save leaves the previous file intact.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as np_format
 
 from .errors import WeightsError
 from .ir import Graph
@@ -30,7 +33,7 @@ def init_weights(graph: Graph, seed: int = 0) -> Weights:
 def check_weights(graph: Graph, weights, dtype=np.float64) -> Weights:
     """Validated copies of ``weights`` in ``dtype``; every parameter and buffer present
     with its expected shape, nothing unknown."""
-    if not isinstance(weights, dict):
+    if not isinstance(weights, Mapping):
         raise WeightsError(f"weights: expected a dict {{layer: {{param: array}}}}; received "
                            f"{type(weights).__name__}.")
     expected = {node.name: {**node.params, **node.state} for node in graph.nodes
@@ -43,7 +46,7 @@ def check_weights(graph: Graph, weights, dtype=np.float64) -> Weights:
     checked: Weights = {}
     for layer, shapes in expected.items():
         given = weights.get(layer)
-        if not isinstance(given, dict):
+        if not isinstance(given, Mapping):
             raise WeightsError(f"weights: missing layer {layer!r} (needs "
                                f"{', '.join(shapes)}).")
         for param in given:
@@ -72,33 +75,137 @@ def save_npz(weights: Weights, path: str | os.PathLike) -> None:
     path = Path(path)
     arrays = {f"{layer}/{param}": np.asarray(a) for layer, ps in weights.items()
               for param, a in ps.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise WeightsError(f"cannot save weights to '{path}': it is a directory; expected a "
+                           f"file path such as '{path / 'weights.npz'}'.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:
+        raise WeightsError(f"cannot save weights to '{path}': its directory '{path.parent}' "
+                           f"does not exist. Create it first.") from None
+    except NotADirectoryError:
+        raise WeightsError(f"cannot save weights to '{path}': '{path.parent}' is not a "
+                           f"directory (it, or a folder above it, is a file).") from None
+    except OSError as e:
+        raise WeightsError(f"cannot save weights to '{path}': cannot create a file in "
+                           f"'{path.parent}': {e.strerror or e}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise WeightsError(f"cannot save weights to '{path}': {e.strerror or e}; the file "
+                           f"there before, if any, is unchanged.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load_npz(path: str | os.PathLike) -> Weights:
-    """Read an npz written by ``save_npz`` (or by hand with ``"<layer>/<param>"`` keys)."""
+NPZ_EXPECTED = ("expected an .npz archive with one '<layer>/<param>' key per parameter, such as "
+                "'c1/w' (cnngen.save_npz and net.save_weights write one)")
+
+
+def load_npz(path: str | os.PathLike, graph: Graph | None = None) -> Weights:
+    """Read an npz written by ``save_npz`` (or by hand with ``"<layer>/<param>"`` keys).
+
+    Each member's .npy header is checked before its data is read: the dtype must be numeric
+    and the data must be as long as the header says and as the archive declares. With
+    ``graph``, every key must be one of its parameters and every shape the expected one, so
+    nothing larger than the network's own weights is ever allocated.
+    """
+    expected = None if graph is None else {node.name: {**node.params, **node.state}
+                                           for node in graph.nodes if node.params or node.state}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            weights: Weights = {}
-            for key in data.files:
-                layer, sep, param = key.partition("/")
-                if not sep or not param:
-                    raise WeightsError(f"weights file '{path}': key {key!r} is not "
-                                       f"'<layer>/<param>'.")
-                weights.setdefault(layer, {})[param] = data[key]
-            return weights
+        with open(path, "rb") as f:
+            first = f.read(6)
+            if first == b"\x93NUMPY":
+                f.seek(0)
+                shape, dtype = _array_header(f, f"weights file '{path}'")
+                raise WeightsError(f"weights file '{path}' is a single .npy array (shape "
+                                   f"{shape}, dtype {dtype}); {NPZ_EXPECTED}.")
+            if not first.startswith(b"PK"):
+                raise WeightsError(f"weights file '{path}' is corrupt or not an npz file: "
+                                   f"found neither a zip archive nor an .npy array ("
+                                   f"{f'it starts with {first!r}' if first else 'it is empty'}"
+                                   f"); {NPZ_EXPECTED}.")
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                return _read_members(archive, os.fstat(f.fileno()).st_size, path, expected)
     except FileNotFoundError:
         raise WeightsError(f"weights file '{path}' not found.") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    except IsADirectoryError:
+        raise WeightsError(f"weights file '{path}' is a directory; {NPZ_EXPECTED}.") from None
+    except WeightsError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as e:
+        raise WeightsError(f"weights file '{path}' is corrupt or not an npz file: {e}") from None
+
+
+def _read_members(archive: zipfile.ZipFile, archive_bytes: int, path, expected) -> Weights:
+    """Every ``"<layer>/<param>.npy"`` member, each header checked before its data is read."""
+    weights: Weights = {}
+    for info in archive.infolist():
+        where = f"weights file '{path}', member {info.filename!r}"
+        key, npy, tail = info.filename.rpartition(".npy")
+        layer, sep, param = key.partition("/")
+        if not npy or tail or not sep or not param:
+            raise WeightsError(f"{where}: expected '<layer>/<param>.npy' (key "
+                               f"'<layer>/<param>'); {NPZ_EXPECTED}.")
+        if param in weights.get(layer, {}):
+            raise WeightsError(f"{where}: key {key!r} appears twice.")
+        want = None
+        if expected is not None:
+            if layer not in expected or param not in expected[layer]:
+                known = ", ".join(f"{n}/{q}" for n, ps in expected.items() for q in ps)
+                raise WeightsError(f"{where}: {key!r} is not a parameter of this network; "
+                                   f"expected keys: {known or 'none'}.")
+            want = tuple(expected[layer][param])
+        # Declared sizes bound what can be read: a stored member is no larger than the
+        # archive, and deflate expands at most 1032:1.
+        ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: 1032}.get(info.compress_type)
+        if ratio is None:
+            raise WeightsError(f"{where}: compression method {info.compress_type} is not "
+                               f"supported; expected stored or deflated (numpy.savez, "
+                               f"numpy.savez_compressed).")
+        if info.file_size > ratio * min(info.compress_size, archive_bytes) + 1024:
+            raise WeightsError(f"{where}: declares {info.file_size} bytes, more than its "
+                               f"{info.compress_size} compressed bytes can hold; the archive "
+                               f"is corrupt.")
+        with archive.open(info) as member:
+            shape, dtype = _array_header(member, where)
+            if dtype.hasobject or dtype.kind not in "fiu":
+                raise WeightsError(f"{where}: must hold numbers (float or int); the header "
+                                   f"claims dtype {dtype}.")
+            data_bytes = math.prod(shape) * dtype.itemsize
+            if want is not None and shape != want:
+                raise WeightsError(f"{where}: {layer}/{param} must have shape {want}; the "
+                                   f"file holds shape {shape} ({dtype}).")
+            if data_bytes != info.file_size - member.tell():
+                raise WeightsError(f"{where}: the header claims shape {shape} ({dtype}, "
+                                   f"{data_bytes} bytes) but the member holds "
+                                   f"{info.file_size - member.tell()} bytes of data.")
+        with archive.open(info) as member:
+            weights.setdefault(layer, {})[param] = np_format.read_array(member, allow_pickle=False)
+    return weights
+
+
+def _array_header(f, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy header, without reading the data."""
+    try:
+        version = np_format.read_magic(f)
+        read = {(1, 0): np_format.read_array_header_1_0,
+                (2, 0): np_format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise WeightsError(f"{where}: .npy format version {version[0]}.{version[1]} is not "
+                               f"supported; expected 1.0 or 2.0 (numpy.savez writes 1.0).")
+        shape, _, dtype = read(f)
+    except (ValueError, EOFError) as e:
         if isinstance(e, WeightsError):
             raise
-        raise WeightsError(f"weights file '{path}' is corrupt or not an npz file: {e}") from None
+        raise WeightsError(f"{where}: unreadable .npy header: {e}") from None
+    if any(d < 0 for d in shape):
+        raise WeightsError(f"{where}: the .npy header claims a negative shape {shape}.")
+    return tuple(shape), dtype

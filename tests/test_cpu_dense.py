@@ -72,13 +72,16 @@ def test_explicit_schedules(schedule, cache):
 
 
 def test_reduction_in_passes(cache):
-    """A target with a 2 KiB L2: one input vector per reduction pass, several tiles a task."""
-    small = dataclasses.replace(cpu(), l2_bytes=2048)
+    """A target whose L2 holds two V x V weight blocks: one input vector per reduction pass
+    (half of L2), several batch tiles a task."""
+    v = cpu().vector
+    small = dataclasses.replace(cpu(), l2_bytes=2 * v * v * 4)
     b = Builder("passes", (50,))
     b.dense("y", units=20, activation="sigmoid")
     net = compare(b.spec(), small, cache, 9, schedules={"y": DenseSchedule(1, 2)})
     values = dict(net.plan(9).steps[1].call.kernel.values)
-    assert values["k_blocks"] == 1 < values["in_blocks"] and values["tiles_per_task"] > 1
+    assert values["in_blocks"] == -(-50 // v) > 1
+    assert values["k_blocks"] == 1 and values["tiles_per_task"] > 1
 
 
 def test_dense_by_hand(cache):

@@ -1,7 +1,14 @@
-"""Weights (init, validation, npz round trip, corrupt files) and the reference executor's
-input checks: clear errors that name the layer or parameter, and nothing lost on failure."""
+"""Weights (init, validation, npz round trip, corrupt and hostile files, saves that cannot
+happen) and the reference executor's input checks: clear errors that name the layer or
+parameter, and nothing lost on failure."""
+import io
+import struct
+import tracemalloc
+import zipfile
+
 import numpy as np
 import pytest
+from numpy.lib import format as np_format
 
 import cnngen
 from cnngen import InputError, WeightsError
@@ -59,6 +66,134 @@ def test_corrupt_weights_file_is_an_error_and_does_not_replace_a_good_one(ref, t
         cnngen.save_npz(ref.weights, path)
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_file_that_is_not_an_npz_says_what_it_found(ref, tmp_path):
+    np.save(tmp_path / "x.npy", ref.weights["c1"]["w"].astype(np.float32))
+    net = cnngen.compile(SPEC, cache_dir=tmp_path / "k")
+    with pytest.raises(WeightsError, match=r"x\.npy' is a single \.npy array \(shape \(6, 1, 5, 5\), "
+                       r"dtype float32\); expected an \.npz archive with one '<layer>/<param>' key"):
+        net.load_weights(tmp_path / "x.npy")
+    (tmp_path / "w.txt").write_text("c1/w = 1")
+    with pytest.raises(WeightsError, match=r"w\.txt' is corrupt or not an npz file: found neither a "
+                       r"zip archive nor an \.npy array \(it starts with b'c1/w ='\)"):
+        cnngen.load_npz(tmp_path / "w.txt")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"empty\.npz' is corrupt.*\(it is empty\)"):
+        cnngen.load_npz(tmp_path / "empty.npz")
+    with pytest.raises(WeightsError, match=r"weights file '.*' is a directory; expected an \.npz"):
+        cnngen.load_npz(tmp_path)
+
+
+def npz_by_hand(path, members, method=zipfile.ZIP_STORED):
+    """An npz whose members are ``{name: (header dict, body bytes)}``, written without numpy's
+    checks, as a hostile or broken writer would."""
+    with zipfile.ZipFile(path, "w", method) as archive:
+        for name, (header, body) in members.items():
+            head = io.BytesIO()
+            np_format.write_array_header_1_0(head, {"fortran_order": False, **header})
+            archive.writestr(name, head.getvalue() + body)
+    return path
+
+
+HUGE = {"descr": "<f4", "shape": (100_000, 1_000_000)}      # 373 GiB of float32
+
+
+@pytest.mark.parametrize("header, with_graph, message", [
+    (HUGE, True, r"member 'c1/w\.npy': c1/w must have shape \(6, 1, 5, 5\); the file holds shape "
+                 r"\(100000, 1000000\) \(float32\)"),
+    (HUGE, False, r"member 'c1/w\.npy': the header claims shape \(100000, 1000000\) \(float32, "
+                  r"400000000000 bytes\) but the member holds 16 bytes of data"),
+    ({"descr": "<f4", "shape": (8192, 8192)}, False, r"claims shape \(8192, 8192\) \(float32, "
+                                                      r"268435456 bytes\) but the member holds 16"),
+    ({"descr": "|O", "shape": (2,)}, False, r"c1/w\.npy': must hold numbers \(float or int\); "
+                                            r"the header claims dtype object"),
+    ({"descr": "<U1", "shape": (4,)}, True, r"must hold numbers .* dtype <U1"),
+], ids=["373GiB-graph", "373GiB", "256MiB", "object", "unicode-graph"])
+def test_npz_headers_are_checked_before_any_data_is_read(ref, tmp_path, header, with_graph,
+                                                         message):
+    """The header alone decides: nothing near the claimed size is allocated (256 MiB would show
+    in the peak), with or without the network's expected shapes."""
+    path = npz_by_hand(tmp_path / "evil.npz", {"c1/w.npy": (header, b"\0" * 16)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsError, match=message):
+            cnngen.load_npz(path, ref.graph if with_graph else None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_compiled_net_refuses_a_huge_header(tmp_path):
+    path = npz_by_hand(tmp_path / "evil.npz", {"c1/w.npy": (HUGE, b"\0" * 16)})
+    net = cnngen.compile(SPEC, cache_dir=tmp_path / "k")
+    before = net.weights["c1"]["w"].copy()
+    with pytest.raises(WeightsError, match=r"evil\.npz', member 'c1/w\.npy': .*\(100000, 1000000\)"):
+        net.load_weights(path)
+    np.testing.assert_array_equal(net.weights["c1"]["w"], before)
+
+
+def test_npz_keys_and_sizes_are_checked_against_the_graph_and_the_archive(ref, tmp_path):
+    small = {"descr": "<f4", "shape": (3,)}
+    path = npz_by_hand(tmp_path / "k.npz", {"c9/w.npy": (small, b"\0" * 12)})
+    with pytest.raises(WeightsError, match=r"member 'c9/w\.npy': 'c9/w' is not a parameter of this "
+                       r"network; expected keys: c1/w, c1/b, c3/w"):
+        cnngen.load_npz(path, ref.graph)
+    assert cnngen.load_npz(path)["c9"]["w"].shape == (3,)
+    path = npz_by_hand(tmp_path / "n.npz", {"c1/w": (small, b"\0" * 12)})
+    with pytest.raises(WeightsError, match=r"member 'c1/w': expected '<layer>/<param>\.npy'"):
+        cnngen.load_npz(path)
+    # A central directory that declares 4 GiB for a 140-byte member.
+    path = npz_by_hand(tmp_path / "lie.npz", {"c1/b.npy": (small, b"\0" * 12)})
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 24:entry + 28] = struct.pack("<I", 0xF000_0000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"member 'c1/b\.npy': declares 4026531840 bytes, more "
+                       r"than its \d+ compressed bytes can hold"):
+        cnngen.load_npz(path)
+
+
+def test_a_compressed_npz_loads(ref, tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, **{f"{layer}/{param}": a for layer, ps in ref.weights.items()
+                                 for param, a in ps.items()})
+    loaded = cnngen.load_npz(path, ref.graph)
+    np.testing.assert_array_equal(loaded["c3"]["w"], ref.weights["c3"]["w"])
+
+
+def test_save_where_it_cannot_be_saved_names_the_path(ref, tmp_path):
+    target = tmp_path / "missing" / "w.npz"
+    with pytest.raises(WeightsError, match=r"cannot save weights to '.*missing/w\.npz': its "
+                       r"directory '.*missing' does not exist\. Create it first") as raised:
+        cnngen.save_npz(ref.weights, target)
+    assert ".tmp" not in str(raised.value)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WeightsError, match=r"cannot save weights to '.*file/w\.npz': '.*file' is "
+                       r"not a directory"):
+        cnngen.save_npz(ref.weights, tmp_path / "file" / "w.npz")
+    with pytest.raises(WeightsError, match=r"cannot save weights to '.*': it is a directory; "
+                       r"expected a file path such as '.*weights\.npz'"):
+        cnngen.save_npz(ref.weights, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failed_write_is_an_error_and_leaves_the_old_file(ref, tmp_path, monkeypatch):
+    path = tmp_path / "w.npz"
+    cnngen.save_npz(ref.weights, path)
+    good = path.read_bytes()
+
+    def disk_full(f, **arrays):
+        f.write(b"part")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(WeightsError, match=r"cannot save weights to '.*w\.npz': No space left on "
+                       r"device; the file there before, if any, is unchanged"):
+        cnngen.save_npz(ref.weights, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]
 
 
 @pytest.mark.parametrize("change,message", [

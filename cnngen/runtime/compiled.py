@@ -136,7 +136,7 @@ class CompiledNet:
                 plan.update_weights(self._weights, layers=set(changed))
 
     def load_weights(self, path: str | os.PathLike) -> None:
-        self.weights = load_npz(path)
+        self.weights = load_npz(path, self.graph)
 
     def save_weights(self, path: str | os.PathLike) -> None:
         save_npz(self._weights, path)
