@@ -242,3 +242,25 @@ def transpose_block(typingctx, src, src_off, src_stride, rows_in, dst, dst_off, 
         return context.get_dummy_value()
     return types.none(src, src_off, src_stride, rows_in, dst, dst_off, dst_stride, rows_out,
                       width), codegen
+
+
+@intrinsic
+def tile_keep_lanes(typingctx, acc, count):
+    """``acc`` with the lanes from a literal ``count`` on of its last row set to 0, in
+    registers: the last output-channel block's pad lanes, whose sums of ``0 * x`` are NaN
+    where x is NaN or Inf (a later reduction would read them). One masked move a column."""
+    n = _width(count)
+    if not isinstance(acc, Tile) or n is None or not 0 < n <= acc.width:
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), acc.width),
+                           [int(i < n) for i in range(acc.width)])
+        zero = ir.Constant(ir.VectorType(ir.FloatType(), acc.width), [0.0] * acc.width)
+        value = args[0]
+        for c in range(acc.cols):
+            i = (acc.rows - 1) * acc.cols + c
+            value = builder.insert_value(
+                value, builder.select(mask, builder.extract_value(value, i), zero), i)
+        return value
+    return acc(acc, count), codegen

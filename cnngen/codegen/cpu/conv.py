@@ -201,7 +201,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
         bytes=4 * (moved + (residual.size(low.n_batch) if residual else 0)),
         **activation_values(node.attrs["activation"], node.attrs.get("alpha", 0.01)),
         epilogue=(node.attrs["activation"] != "identity" or bool(node.attrs["bias"])
-                  or bool(node.fused) or conv.channels % v > 0),
+                  or bool(node.fused)),
         last_lanes=conv.channels - (oc_blocks - 1) * v,
         residual=bool(residual), cols=cols, **pool_values(pool, conv, mode),
         h_out=conv.height, w_out=conv.width, k_h=kernel[0], k_w=kernel[1],
