@@ -101,7 +101,8 @@ def directory(value: str) -> str:
 def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     """What a command that compiles a spec takes: the spec, batch, target and cache."""
     p.add_argument("spec", help="a .yaml/.json spec file, or zoo:NAME")
-    p.add_argument("--batch", type=int, default=1, help="batch size to specialise for (1)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch size of the plan built (1); the kernels serve every batch")
     p.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
     p.add_argument("--cache-dir", default=None, type=directory,
                    help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")

@@ -3,8 +3,9 @@
     net = cnngen.compile("lenet5.yaml")
     y = net(x)                       # x: float32 (N, C, H, W) or (N, C, L); y: numpy float32
 
-Kernels are specialised to the batch size, so each new N builds a plan on its first call;
-the ``max_plans`` most recently used plans are kept (an evicted plan's buffers are freed).
+Kernels take the batch size as an argument, so every batch runs on one set of kernels; each
+new N builds a plan (its buffers) on its first call, and the ``max_plans`` most recently used
+plans are kept (an evicted plan's buffers are freed).
 Input conversion is documented and nothing else is guessed: float64 and integer arrays are
 converted to float32, non-contiguous arrays are copied, any other dtype or a wrong shape
 raises InputError.

@@ -1,8 +1,9 @@
-"""A graph specialised to one batch size: layouts, buffers, compiled kernels, steps.
+"""A graph run at one batch size: layouts, buffers, kernels, steps.
 
-Building a plan lowers every layer to kernel calls, compiles (or loads from the cache)
-each distinct kernel, allocates every buffer once, zero-filled, so halos stay zero, and
-packs the weights into the kernels' layouts. Running it is a loop over steps.
+Building a plan lowers every layer to kernel calls, compiles (or loads from the cache, or
+from this process) each distinct kernel, which takes the batch size as an argument and so
+serves every plan, allocates every buffer once, zero-filled, so halos stay zero, and packs
+the weights into the kernels' layouts. Running it is a loop over steps.
 """
 from __future__ import annotations
 
