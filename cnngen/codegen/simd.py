@@ -141,6 +141,13 @@ def zeros(typingctx, width):
     return FloatVector(v)(width), codegen
 
 
+def keep_lanes_ir(builder, value, count: int, width: int):
+    """IR for ``value`` (a ``<width x float>``) with the lanes from ``count`` on set to 0."""
+    mask = ir.Constant(ir.VectorType(ir.IntType(1), width), [int(i < count) for i in range(width)])
+    return builder.select(mask, value, ir.Constant(ir.VectorType(ir.FloatType(), width),
+                                                   [0.0] * width))
+
+
 @intrinsic
 def keep_lanes(typingctx, vec, count):
     """``vec`` with the lanes from a literal ``count`` on set to 0 (one masked move).
@@ -153,10 +160,7 @@ def keep_lanes(typingctx, vec, count):
         return None
 
     def codegen(context, builder, sig, args):
-        mask = ir.Constant(ir.VectorType(ir.IntType(1), vec.width),
-                           [int(i < n) for i in range(vec.width)])
-        zero = ir.Constant(ir.VectorType(ir.FloatType(), vec.width), [0.0] * vec.width)
-        return builder.select(mask, args[0], zero)
+        return keep_lanes_ir(builder, args[0], n, vec.width)
     return vec(vec, count), codegen
 
 

@@ -20,7 +20,8 @@ from numba import types
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
 
-from .simd import FloatVector, _address, _float_array, _vector_fn, _width, max_ir, splat_ir
+from .simd import (FloatVector, _address, _float_array, _vector_fn, _width, keep_lanes_ir,
+                   max_ir, splat_ir)
 
 
 class Tile(types.Type):
@@ -254,13 +255,10 @@ def tile_keep_lanes(typingctx, acc, count):
         return None
 
     def codegen(context, builder, sig, args):
-        mask = ir.Constant(ir.VectorType(ir.IntType(1), acc.width),
-                           [int(i < n) for i in range(acc.width)])
-        zero = ir.Constant(ir.VectorType(ir.FloatType(), acc.width), [0.0] * acc.width)
         value = args[0]
         for c in range(acc.cols):
             i = (acc.rows - 1) * acc.cols + c
             value = builder.insert_value(
-                value, builder.select(mask, builder.extract_value(value, i), zero), i)
+                value, keep_lanes_ir(builder, builder.extract_value(value, i), n, acc.width), i)
         return value
     return acc(acc, count), codegen
