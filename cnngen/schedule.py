@@ -56,6 +56,48 @@ class DenseSchedule(Schedule):
 
 
 @dataclass(frozen=True)
+class WinogradSchedule(Schedule):
+    """Winograd F(m x m, 3 x 3) for stride-1 3x3 convolutions (``m`` = 2 or 4).
+
+    The input is cut into overlapping (m + 2)^2 tiles, each transformed; per transform
+    position the tiles are multiplied with the weights transformed once at pack time (a GEMM
+    whose register tile is ``oc_vecs`` output-channel vectors by ``tile_block`` tiles,
+    reducing ``ic_block`` input-channel vectors per pass); the products are transformed back
+    to m x m output pixels, with the epilogue (bias, activation, residual) on the way out.
+    """
+
+    m: int = _knob("m")
+    oc_vecs: int = _knob("oc")
+    tile_block: int = _knob("t")
+    ic_block: int = _knob("ic")
+
+
+SCHEDULES = {cls.__name__: cls for cls in (ConvSchedule, DepthwiseSchedule, DenseSchedule,
+                                           WinogradSchedule)}
+
+
+def to_dict(schedule: Schedule) -> dict:
+    """``{"kind": "ConvSchedule", "oc_vecs": 2, ...}``: plain JSON, for records and workers."""
+    return {"kind": type(schedule).__name__,
+            **{f.name: getattr(schedule, f.name) for f in fields(schedule)}}
+
+
+def from_dict(data: dict) -> Schedule:
+    """The schedule ``to_dict`` gave; ValueError naming what does not fit."""
+    kind = SCHEDULES.get(data.get("kind")) if isinstance(data, dict) else None
+    if kind is None:
+        raise ValueError(f"schedule: expected a dict with 'kind' one of {sorted(SCHEDULES)}; "
+                         f"received {data!r}")
+    names = {f.name for f in fields(kind)}
+    values = {k: v for k, v in data.items() if k != "kind"}
+    if set(values) != names or not all(isinstance(v, int) and not isinstance(v, bool)
+                                       for v in values.values()):
+        raise ValueError(f"schedule {data!r}: a {kind.__name__} takes the integers "
+                         f"{sorted(names)}")
+    return kind(**values)
+
+
+@dataclass(frozen=True)
 class ConvWorkload:
     """What a conv kernel computes, as far as scheduling cares (channel counts per group)."""
 

@@ -111,9 +111,9 @@ def test_schedules_must_name_a_layer_and_be_a_schedule(net):
     with pytest.raises(InputError, match=r"schedules: no layer 'c3' in 'tiny'"):
         cnngen.compile(spec, schedules={"c3": ConvSchedule(1, 4, 1, 1)})
     with pytest.raises(InputError, match=r"schedules\['c1'\]: layer 'c1' \(conv2d\) takes a "
-                                         r"cnngen.schedule.ConvSchedule; received dict"):
+                                         r"cnngen.schedule.ConvSchedule or cnngen.schedule.WinogradSchedule; received dict"):
         cnngen.compile(spec, schedules={"c1": {"oc_vecs": 1}})
-    with pytest.raises(InputError, match=r"takes a cnngen.schedule.ConvSchedule; received DenseSchedule"):
+    with pytest.raises(InputError, match=r"takes a cnngen.schedule.ConvSchedule or cnngen.schedule.WinogradSchedule; received DenseSchedule"):
         cnngen.compile(spec, schedules={"c1": DenseSchedule(1, 1)})
     with_relu = {**SPEC, "layers": SPEC["layers"] + [{"name": "r", "op": "relu"}]}
     with pytest.raises(InputError, match=r"schedules\['r'\]: layer 'r' \(relu\) takes no schedule"):

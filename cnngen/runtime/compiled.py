@@ -26,7 +26,8 @@ from ..codegen.cache import KernelCache
 from ..errors import InputError
 from ..ir import Graph
 from ..reference import check_input
-from ..schedule import ConvSchedule, DenseSchedule, DepthwiseSchedule, Schedule
+from ..schedule import (ConvSchedule, DenseSchedule, DepthwiseSchedule, Schedule,
+                        WinogradSchedule)
 from ..spec import build_graph, load_spec
 from ..suggest import did_you_mean
 from ..weights import Weights, check_weights, init_weights, load_npz, save_npz
@@ -61,16 +62,19 @@ def check_out(graph: Graph, n_batch: int, out) -> None:
                          f"{shape}; received {got}.")
 
 
-def schedule_kind(node) -> type[Schedule] | None:
-    """The schedule type a layer's kernel takes; None for layers without knobs."""
+def schedule_kinds(node) -> tuple[type[Schedule], ...]:
+    """The schedule types a layer's kernel takes (one per algorithm); () for layers
+    without knobs. Whether a WinogradSchedule fits the conv is checked when it is lowered."""
     if node.op == "dense":
-        return DenseSchedule
+        return (DenseSchedule,)
     if node.op in ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
         groups = node.attrs["groups"]
-        depthwise = (node.op.startswith("conv") and not node.op.startswith("conv_transpose")
+        depthwise = (not node.op.startswith("conv_transpose")
                      and groups > 1 and groups == node.in_types[0].channels == node.out.channels)
-        return DepthwiseSchedule if depthwise else ConvSchedule
-    return None
+        if depthwise:
+            return (DepthwiseSchedule,)
+        return (ConvSchedule, WinogradSchedule) if node.op == "conv2d" else (ConvSchedule,)
+    return ()
 
 
 def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
@@ -82,14 +86,14 @@ def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
             raise InputError(f"schedules: no layer {layer!r} in {graph.name!r}."
                              f"{did_you_mean(layer, layers)}")
         node = graph.node(layer)
-        kind = schedule_kind(node)
-        if kind is None:
+        kinds = schedule_kinds(node)
+        if not kinds:
             raise InputError(f"schedules[{layer!r}]: layer {layer!r} ({node.op}) takes no "
                              f"schedule; conv and dense layers do.")
-        if not isinstance(schedule, kind):
+        if not isinstance(schedule, kinds):
+            names = " or ".join(f"cnngen.schedule.{k.__name__}" for k in kinds)
             raise InputError(f"schedules[{layer!r}]: layer {layer!r} ({node.op}) takes a "
-                             f"cnngen.schedule.{kind.__name__}; received "
-                             f"{type(schedule).__name__} {schedule!r}.")
+                             f"{names}; received {type(schedule).__name__} {schedule!r}.")
     return dict(schedules)
 
 

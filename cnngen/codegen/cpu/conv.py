@@ -257,6 +257,9 @@ def lower_conv(low: Lowering) -> list[Call]:
     ops = op_chain(node)
     if is_depthwise(c_in, c_out, groups):
         return [depthwise_conv(low, kernel, stride, dilation, (top, left), ops)]
+    if isinstance(low.schedule, sched.WinogradSchedule):
+        from .winograd import lower_winograd
+        return lower_winograd(low)
     if is_aligned(c_in, c_out, groups, v):
         weights = Const(node.name, "w", lambda p: pack_direct(as_2d(folded(p, node)[0]), v))
     else:
