@@ -35,6 +35,7 @@ class KernelReport:
     flops: int
     bytes: int
     edge: bool                   # a layout conversion at the net's input or output
+    spills: int | None = None    # vector spills/reloads in its reduction loops (None: unknown)
     ms: float | None = None      # median time per launch, when profiled
     share: float | None = None   # of the sum over all launches
 
@@ -61,10 +62,12 @@ def _entry(plan: Plan, step: Step) -> KernelReport:
     node = next((n for n in plan.graph.nodes if n.name == step.layer), None)
     layers = tuple(n.name for n in origin(node)) if node else (step.layer,)
     has_knobs = spec.schedule is not None
+    source = plan.schedule_sources.get(step.layer, "-") if has_knobs else "-"
+    if has_knobs and step.layer in plan.spill_fallbacks:
+        source += f"; replaced tiles that spilled: {', '.join(plan.spill_fallbacks[step.layer])}"
     return KernelReport(step.layer, layers, " -> ".join(spec.ops), step.kernel.name,
-                        str(spec.schedule) if has_knobs else "-",
-                        plan.schedule_sources.get(step.layer, "-") if has_knobs else "-",
-                        step.kernel.path, spec.flops, spec.bytes, step.edge)
+                        str(spec.schedule) if has_knobs else "-", source,
+                        step.kernel.path, spec.flops, spec.bytes, step.edge, step.kernel.spills)
 
 
 def profile_steps(plan: Plan, repeats: int) -> tuple[list[float], float]:
@@ -128,6 +131,8 @@ def format_report(report: Report) -> str:
         lines.append(f"    schedule: {k.schedule}" + (f"  from {k.schedule_source}"
                                                        if k.schedule != "-" else ""))
         lines.append(f"    work:     {_si(k.flops)}FLOP, {_si(k.bytes)}B")
+        lines.append("    spills:   " + ("unknown" if k.spills is None else
+                                         f"{k.spills} in its reduction loops"))
         lines.append(f"    source:   {k.path}")
     flops = sum(k.flops for k in report.kernels)
     lines.append(f"total: {_si(flops)}FLOP, {_si(sum(k.bytes for k in report.kernels))}B; "

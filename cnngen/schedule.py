@@ -1,8 +1,10 @@
 """How a kernel runs: small frozen values, one kind per kernel family, and their defaults.
 
 A schedule never changes what a kernel computes, only how: the register tile, the
-reduction blocking, the parallel task split. ``default(workload, target)`` is the
-heuristic; an explicit schedule or a tuning-database record takes precedence over it.
+reduction blocking, the parallel task split, the algorithm (a WinogradSchedule). The
+heuristic ranks the tiles of a kernel (``conv_ranked``, ``depthwise_ranked``,
+``dense_ranked``): the first is the default, and the next is taken when a kernel's machine
+code spills. An explicit schedule or a tuning-database record takes precedence over it.
 ``str(schedule)`` is the compact form used in kernel names (``oc2_ow14_ic4_rows1``).
 """
 from __future__ import annotations
@@ -72,6 +74,9 @@ class WinogradSchedule(Schedule):
     ic_block: int = _knob("ic")
 
 
+# Ops whose kernels take a schedule (the first op of a fused kernel).
+TUNABLE_OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "dense")
+
 SCHEDULES = {cls.__name__: cls for cls in (ConvSchedule, DepthwiseSchedule, DenseSchedule,
                                            WinogradSchedule)}
 
@@ -121,44 +126,58 @@ def _tasks_wanted(target: Target) -> int:
 
 
 def accumulator_limit(target: Target, weight_vectors: int) -> int:
-    """Accumulators that fit the registers beside ``weight_vectors`` weights and the one
-    broadcast input they share. A tile one larger spills inside the FMA loop: oc4_ow7
-    (28 + 4 + 1 = 33 zmm) ran 1.10 ms on resnet_l4_b1's shape and 1.52 ms with a residual
-    epilogue, against 1.01 and 1.04 ms for oc2_ow7."""
-    return target.vector_registers - weight_vectors - 1
+    """Accumulators that fit the registers beside ``weight_vectors`` weights, the broadcast
+    input they share and one spare. The spare is for LLVM, which unrolls the lane loop and
+    hoists the next broadcast: with AVX2's 16 ymm, oc1_ow14 (14 + 1 + 1) spilled inside the
+    FMA loop on a Zen 3 and ran at half of oneDNN's speed, while oc2_ow6 compiled clean.
+    With AVX-512's 32 zmm the rule allows oc2_ow14 and oc4_ow6; oc4_ow7 (28 + 4 + 1 = 33)
+    ran 1.10 ms on resnet_l4_b1's shape against 1.01 ms for oc2_ow7. The spill check
+    (codegen/spills.py) has the last word: a heuristic tile that spills is replaced."""
+    return target.vector_registers - weight_vectors - 2
 
 
-def conv_default(work: ConvWorkload, target: Target) -> ConvSchedule:
-    """The register tile with the most accumulators per average tile of a row (a tail tile
-    counts for what it holds), favouring two output vectors and wide pixel tiles."""
+def conv_ranked(work: ConvWorkload, target: Target) -> list[ConvSchedule]:
+    """Register tiles best first: the most accumulators per average tile of a row (a tail
+    tile counts for what it holds), favouring two output vectors and wide pixel tiles; each
+    with its ic blocking and rows per task. The first is the default; the others are what
+    the default falls back to when the first spills, in order."""
     v = target.vector
     oc_blocks = -(-work.c_out // v)
-    best = None
+    scored = set()
     for oc_vecs in (4, 3, 2, 1):
         if oc_vecs > oc_blocks or oc_blocks % oc_vecs:
             continue
-        limit = min(accumulator_limit(target, oc_vecs) // oc_vecs, work.w_out)
-        ow_tile = balanced_tile(work.w_out, limit)
-        tiles = -(-work.w_out // ow_tile)
-        score = (oc_vecs * work.w_out / tiles, oc_vecs == 2, ow_tile)
-        if best is None or score > best[0]:
-            best = (score, oc_vecs, ow_tile)
-    _, oc_vecs, ow_tile = best
+        top = min(max(1, accumulator_limit(target, oc_vecs) // oc_vecs), work.w_out)
+        for ow_tile in {balanced_tile(work.w_out, limit) for limit in range(1, top + 1)}:
+            tiles = -(-work.w_out // ow_tile)
+            scored.add(((oc_vecs * work.w_out / tiles, oc_vecs == 2, ow_tile), oc_vecs))
+    return [_conv_schedule(work, target, oc_vecs, score[2])
+            for score, oc_vecs in sorted(scored, reverse=True)]
+
+
+def _conv_schedule(work: ConvWorkload, target: Target, oc_vecs: int, ow_tile: int) -> ConvSchedule:
+    """The tile ``oc_vecs`` x ``ow_tile`` with the ic blocking and rows per task that suit it."""
+    v = target.vector
     ic_vecs = -(-work.c_in // v)
     # Weights of one ic block: ic_block*V input channels x k_h*k_w x oc_vecs vectors.
     per_vec = v * work.k_h * work.k_w * oc_vecs * v * 4
     ic_block = max(1, min(ic_vecs, target.l1d_bytes // 2 // per_vec))
     while ic_vecs % ic_block:
         ic_block -= 1
-    # rows per task: enough tasks for the cores in one image (the kernel serves every
-    # batch), and enough work per task that launching it stays a small part of its time
-    groups = oc_blocks // oc_vecs
+    return ConvSchedule(oc_vecs, ow_tile, ic_block, _rows(work, target, oc_vecs))
+
+
+def _rows(work: ConvWorkload, target: Target, oc_vecs: int) -> int:
+    """Rows per task: enough tasks for the cores in one image (the kernel serves every
+    batch), and enough work per task that launching it stays a small part of its time."""
+    v = target.vector
+    groups = -(-work.c_out // v) // oc_vecs
     row_flops = 2 * work.w_out * oc_vecs * v * work.c_in * work.k_h * work.k_w
     rows = 1
     while rows < 8 and (groups * (-(-work.h_out // (rows * 2))) >= _tasks_wanted(target)
                         or rows * row_flops < MIN_TASK_FLOPS):
         rows *= 2
-    return ConvSchedule(oc_vecs, ow_tile, ic_block, rows)
+    return rows
 
 
 def balanced_tile(extent: int, limit: int) -> int:
@@ -167,20 +186,25 @@ def balanced_tile(extent: int, limit: int) -> int:
     return -(-extent // -(-extent // limit))
 
 
-def depthwise_default(work: ConvWorkload, target: Target) -> DepthwiseSchedule:
-    """Pixel tiles of 14 (stride 1, 3x3, 32 registers) or 8: the accumulators, the row of
-    inputs they share across kw and the weights then fit the vector registers (measured: a
-    19-pixel tile spills and runs 1.6x slower on effnet_dw_b1 with AVX-512; with AVX2's 16
-    registers a 14-pixel tile ran 0.53-0.56 ms on a 96x112x112 3x3 layer, 8 pixels 0.47)."""
+def depthwise_ranked(work: ConvWorkload, target: Target) -> list[DepthwiseSchedule]:
+    """Pixel tiles best first, from 14 (stride 1, 3x3, 32 registers) or 8 down: the
+    accumulators, the row of inputs they share across kw and the weights then fit the vector
+    registers (measured: a 19-pixel tile spills and runs 1.6x slower on effnet_dw_b1 with
+    AVX-512; with AVX2's 16 registers a 14-pixel tile ran 0.53-0.56 ms on a 96x112x112 3x3
+    layer, 8 pixels 0.47)."""
     wide = work.stride_w == 1 and work.k_w <= 3 and target.vector_registers >= 32
-    limit = 14 if wide else 8
-    return DepthwiseSchedule(balanced_tile(work.w_out, limit), 1)
+    top = 14 if wide else 8
+    tiles = sorted({balanced_tile(work.w_out, limit) for limit in range(1, top + 1)}, reverse=True)
+    return [DepthwiseSchedule(ow_tile, 1) for ow_tile in tiles]
 
 
-def dense_default(units: int, target: Target) -> DenseSchedule:
-    """Up to 4 unit vectors by up to 6 samples; the kernel serves every batch size (a
-    smaller batch runs one-sample tiles)."""
+def dense_ranked(units: int, target: Target) -> list[DenseSchedule]:
+    """GEMM tiles best first: up to 4 unit vectors (the most that divide the output
+    vectors) by up to 6 samples, then fewer samples, then fewer unit vectors. The kernel
+    serves every batch size (a smaller batch runs one-sample tiles)."""
     unit_blocks = -(-units // target.vector)
-    unit_vecs = next(u for u in (4, 3, 2, 1) if unit_blocks % u == 0)
-    batch_tile = min(accumulator_limit(target, unit_vecs) // unit_vecs, 6)
-    return DenseSchedule(unit_vecs, batch_tile)
+    ranked = []
+    for unit_vecs in (u for u in (4, 3, 2, 1) if unit_blocks % u == 0):
+        top = max(1, min(accumulator_limit(target, unit_vecs) // unit_vecs, 6))
+        ranked += [DenseSchedule(unit_vecs, n) for n in range(top, 0, -1)]
+    return ranked

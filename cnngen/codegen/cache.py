@@ -23,6 +23,7 @@ import errno
 import functools
 import hashlib
 import importlib.util
+import json
 import operator
 import os
 import shutil
@@ -40,10 +41,13 @@ import numba
 
 from ..errors import CnngenError
 from ..target import Target
-from .locator import claim, clear_machine_code, has_machine_code, machine_code_dir
+from .kernel import isa_of
+from .locator import (claim, clear_machine_code, has_machine_code, machine_code_dir,
+                      spill_report_path)
+from .spills import kernel_spills
 from .workers import workers
 
-RUNTIME_MODULES = ("simd.py", "tile.py", "vecmath.py", "parallel.py")
+RUNTIME_MODULES = ("simd.py", "tile.py", "vecmath.py", "parallel.py", "spills.py")
 # Below this many new kernels, starting worker processes costs more than it saves.
 PARALLEL_FROM = 3
 MOVE_IT = "point CNNGEN_CACHE_DIR (or cache_dir=, --cache-dir) at a writable directory"
@@ -88,6 +92,7 @@ class LoadedKernel:
     path: Path
     seconds: float
     cache_hit: bool
+    spills: int | None = None       # vector spills/reloads in its reduction loops (spills.py)
     from_memory: bool = False
 
 
@@ -123,6 +128,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _import(module_name: str, path: Path):
+    """Import the kernel file ``path`` (compiling it, or loading its machine code); a fresh
+    compile also writes the spill report of its code beside the code."""
     claim(path.parent)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -132,7 +139,25 @@ def _import(module_name: str, path: Path):
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
+    if module.task.cache_hits == 0:
+        _write_atomic(spill_report_path(path), json.dumps(_spill_report(module.task, path)))
     return module
+
+
+def _spill_report(fn, path: Path) -> dict:
+    try:
+        report = kernel_spills(fn, isa_of(path.stem))
+    except Exception as error:      # the kernel works; only the check is unknown
+        return {"in_loops": None, "error": f"{type(error).__name__}: {error}"}
+    return {"in_loops": report.in_loops, "anywhere": report.anywhere, "loops": report.loops}
+
+
+def _read_spills(path: Path) -> int | None:
+    try:
+        value = json.loads(spill_report_path(path).read_text()).get("in_loops")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _disk_error(error: OSError, path: Path, doing: str) -> CnngenError:
@@ -272,7 +297,8 @@ class KernelCache:
                 hit = fn.cache_hits > 0
                 if compiled_seconds is not None and hit:
                     seconds, hit = compiled_seconds + seconds, False
-                loaded = LoadedKernel(name, fn, task_counter(module), path, seconds, hit)
+                loaded = LoadedKernel(name, fn, task_counter(module), path, seconds, hit,
+                                      _read_spills(path))
                 _LOADED[path] = replace(loaded, seconds=0.0, cache_hit=True, from_memory=True)
         return loaded
 

@@ -27,6 +27,11 @@ def kernel_name(ops: tuple[str, ...], layout: str, schedule: Schedule | None,
     return "__".join(parts)
 
 
+def isa_of(kernel_file_stem: str) -> str:
+    """The instruction set a kernel was generated for, from its file stem (``<name>_<key>``)."""
+    return kernel_file_stem.rsplit("__", 1)[1].rsplit("_", 1)[0]
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     template: str

@@ -61,9 +61,16 @@ def machine_code_dir(path: Path) -> Path:
     return path.parent / MACHINE_CODE_DIR
 
 
+def spill_report_path(path: Path) -> Path:
+    """Where the spill report of the kernel file ``path`` is kept: beside its machine code."""
+    return machine_code_dir(path) / f"{path.stem}.spills.json"
+
+
 def has_machine_code(path: Path) -> bool:
-    """Whether Numba has saved code for the kernel file ``path`` for this Python."""
-    return any(machine_code_dir(path).glob(f"{path.stem}.*{INDEX_SUFFIX}"))
+    """Whether Numba has saved code for the kernel file ``path`` for this Python, and the
+    spill report of that code is beside it (without it, the kernel compiles again)."""
+    return (spill_report_path(path).is_file()
+            and any(machine_code_dir(path).glob(f"{path.stem}.*{INDEX_SUFFIX}")))
 
 
 def clear_machine_code(path: Path) -> None:

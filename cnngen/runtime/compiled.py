@@ -30,12 +30,15 @@ from ..schedule import (ConvSchedule, DenseSchedule, DepthwiseSchedule, Schedule
                         WinogradSchedule)
 from ..spec import build_graph, load_spec
 from ..suggest import did_you_mean
+from ..tuning.workload import Records
 from ..weights import Weights, check_weights, init_weights, load_npz, save_npz
 from .plan import Plan
 from .weights_view import NetWeights, plain
 
 # Plans (one per batch size) a net keeps by default; each holds its activation buffers.
 MAX_PLANS = 8
+# The tuning database a net reads by default, in its kernel cache directory.
+DEFAULT_DB_NAME = "tuning.db"
 
 
 def as_batch(graph: Graph, x) -> np.ndarray:
@@ -97,10 +100,24 @@ def check_schedules(graph: Graph, schedules: dict) -> dict[str, Schedule]:
     return dict(schedules)
 
 
+def tuning_records(tuning_db, cache: KernelCache, target) -> Records | None:
+    """The records a net applies: ``tuning_db`` (a path), the default database beside the
+    kernel cache (None), or none (False)."""
+    if tuning_db is False:
+        return None
+    if tuning_db is None or tuning_db is True:
+        tuning_db = cache.dir / DEFAULT_DB_NAME
+    if not isinstance(tuning_db, (str, os.PathLike)):
+        raise InputError(f"tuning_db: expected a path, None (the database beside the kernel "
+                         f"cache) or False (none); received {tuning_db!r}.")
+    return Records(tuning_db, target)
+
+
 class CompiledNet:
     def __init__(self, spec, weights: Weights | None = None, target="cpu",
                  cache_dir: str | os.PathLike | None = None, seed: int = 0,
-                 schedules: dict[str, Schedule] | None = None, max_plans: int = MAX_PLANS):
+                 schedules: dict[str, Schedule] | None = None, max_plans: int = MAX_PLANS,
+                 tuning_db: str | os.PathLike | bool | None = None):
         if isinstance(spec, Graph):
             self.graph = spec
         else:
@@ -110,6 +127,7 @@ class CompiledNet:
         self.target = targets.resolve(target)
         self.cache = KernelCache(cache_dir)
         self.schedules = check_schedules(self.graph, schedules or {})
+        self.records = tuning_records(tuning_db, self.cache, self.target)
         self._weights = (init_weights(self.graph, seed) if weights is None
                          else check_weights(self.graph, plain(weights)))
         self.max_plans = max_plans
@@ -160,7 +178,7 @@ class CompiledNet:
                 self._plans.move_to_end(key)
                 return self._plans[key]
             plan = Plan(self.graph, key[0], self.target, self.cache, self._weights,
-                        self.schedules, reuse)
+                        self.schedules, reuse, self.records)
             self._plans[key] = plan
             while len(self._plans) > self.max_plans:
                 self._plans.popitem(last=False)
@@ -193,6 +211,11 @@ class CompiledNet:
 
 def compile(spec, weights: Weights | None = None, target="cpu", cache_dir=None, seed: int = 0,
             schedules: dict[str, Schedule] | None = None,
-            max_plans: int = MAX_PLANS) -> CompiledNet:
-    """A spec (path, text, dict or Graph) compiled for ``target`` ("cpu", "cpu-avx2", a Target)."""
-    return CompiledNet(spec, weights, target, cache_dir, seed, schedules, max_plans)
+            max_plans: int = MAX_PLANS, tuning_db=None) -> CompiledNet:
+    """A spec (path, text, dict or Graph) compiled for ``target`` ("cpu", "cpu-avx2", a Target).
+
+    Each conv and dense kernel takes its schedule from ``schedules`` (by spec layer), else
+    from a record of the tuning database ``tuning_db`` measured on this CPU with these
+    templates and versions (default: ``tuning.db`` beside the kernel cache; False: none),
+    else from the heuristic. ``cnngen.explain`` says which, and why a record was not used."""
+    return CompiledNet(spec, weights, target, cache_dir, seed, schedules, max_plans, tuning_db)

@@ -22,8 +22,9 @@ from ..codegen.layout import Blocked, FlatView
 from ..errors import InputError
 from ..ir import Graph, Node
 from ..passes import for_inference, origin, readers
-from ..schedule import Schedule
+from ..schedule import TUNABLE_OPS, Schedule
 from ..target import Target
+from ..tuning.workload import Records
 
 
 def plan_layouts(graph: Graph, vector: int) -> dict[str, Blocked]:
@@ -242,17 +243,27 @@ class Step:
         run(self.kernel.fn.address, self.tasks, self.n_batch, *args)
 
 
+# Heuristic tiles tried after the first, per layer, when each spills.
+MAX_SPILL_RETRIES = 3
+
+
 class Plan:
     def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
                  params: dict[str, dict[str, np.ndarray]],
-                 schedules: dict[str, Schedule] | None = None, reuse: bool = True):
+                 schedules: dict[str, Schedule] | None = None, reuse: bool = True,
+                 records: Records | None = None):
         self.graph, self.n_batch, self.target = for_inference(graph), n_batch, target
         graph = self.graph
         self.layouts = plan_layouts(graph, target.vector)
         concats = concat_views(graph, self.layouts)
         self.written_in_place = set(concats.values())
         self.views = {**concats, **flat_views(graph, self.layouts)}
-        calls, temps = self._lower(schedules or {})
+        self.spill_fallbacks: dict[str, list[str]] = {}    # layer: the heuristic tiles that spilled
+        self.records = records
+        self.tuned: set[str] = set()                       # layers whose schedule is a record
+        start = time.perf_counter()
+        calls, temps, kernels = self._compile(cache, schedules or {})
+        self.compile_seconds = time.perf_counter() - start
         home, capacity, self.overwritten, self.memory = share_buffers(
             graph, self.layouts, self.views, n_batch, reuse)
         check_fits(graph, n_batch, sum(capacity.values()) + 4 * n_batch * (
@@ -267,17 +278,34 @@ class Plan:
         self.buffers[f"{out}:nchw"] = np.zeros(n_batch * graph.output.out.size, np.float32)
         self.consts: dict[Const, np.ndarray] = {}
         self.update_weights(params, calls)
-        start = time.perf_counter()
-        kernels = cache.load_all([(c.kernel.name(target), c.kernel.source(target)) for c in calls],
-                                 target)
         self.steps = []
         for call, kernel in zip(calls, kernels):
             tasks = kernel.task_count(n_batch)
             self.steps.append(Step(call, kernel, self._bind_all(call.args), n_batch, tasks,
                                    worth_parallel(call, tasks, target.cores)))
-        self.compile_seconds = time.perf_counter() - start
 
-    def _lower(self, schedules):
+    def _compile(self, cache: KernelCache, schedules: dict[str, Schedule]):
+        """Lower and load every kernel; a heuristic schedule whose kernel spills in its
+        reduction loops is replaced by the next-best one (at most MAX_SPILL_RETRIES times
+        per layer), so that the defaults never run spilling code."""
+        avoid: dict[str, set[Schedule]] = {}
+        for _ in range(MAX_SPILL_RETRIES + 1):
+            calls, temps = self._lower(schedules, avoid)
+            kernels = cache.load_all([(c.kernel.name(self.target), c.kernel.source(self.target))
+                                      for c in calls], self.target)
+            spilled = [(call, kernel) for call, kernel in zip(calls, kernels)
+                       if kernel.spills and call.kernel.schedule is not None
+                       and self.schedule_sources[call.layer].startswith("heuristic")
+                       and call.kernel.schedule not in avoid.get(call.layer, ())]
+            if not spilled:
+                break
+            for call, kernel in spilled:
+                avoid.setdefault(call.layer, set()).add(call.kernel.schedule)
+                self.spill_fallbacks.setdefault(call.layer, []).append(
+                    f"{call.kernel.schedule} spilled {kernel.spills}")
+        return calls, temps, kernels
+
+    def _lower(self, schedules, avoid: dict[str, set[Schedule]]):
         graph, layouts = self.graph, self.layouts
         calls = [to_blocked(graph.input_name, layouts[graph.input_name], self.n_batch)]
         temps: dict[str, Blocked] = {}
@@ -285,16 +313,37 @@ class Plan:
         for node in graph.nodes:
             if node.name in self.written_in_place or isinstance(self.layouts[node.name], FlatView):
                 continue          # written by its inputs, or read in place by its readers
-            explicit = [n.name for n in origin(node) if n.name in schedules]
-            self.schedule_sources[node.name] = (
-                f"explicit (schedules[{explicit[0]!r}])" if explicit
-                else "heuristic (no tuning database given)")
+            schedule, self.schedule_sources[node.name] = self._choose(node, schedules)
             low = Lowering(node, tuple(layouts[i] for i in node.inputs), layouts[node.name],
-                           self.n_batch, self.target, schedules[explicit[0]] if explicit else None,
-                           tuple(layouts[r] for r in node.refs), temps)
-            calls += LOWER[node.op](low)
+                           self.n_batch, self.target, schedule,
+                           tuple(layouts[r] for r in node.refs), temps,
+                           frozenset(avoid.get(node.name, ())))
+            try:
+                calls += LOWER[node.op](low)
+            except InputError as error:
+                if schedule is None or node.name not in self.tuned:
+                    raise
+                # a record that no longer fits (it names the same workload, so this is rare)
+                low.schedule = None
+                calls += LOWER[node.op](low)
+                self.schedule_sources[node.name] = f"heuristic (the tuning record does not fit: {error})"
         calls.append(from_blocked(graph.output.name, layouts[graph.output.name], self.n_batch))
         return calls, temps
+
+    def _choose(self, node: Node, schedules: dict[str, Schedule]) -> tuple[Schedule | None, str]:
+        """The node's schedule and where it came from: explicit, then a tuning record, then
+        the heuristic (None: the lowering ranks its own)."""
+        explicit = [n.name for n in origin(node) if n.name in schedules]
+        if explicit:
+            return schedules[explicit[0]], f"explicit (schedules[{explicit[0]!r}])"
+        if origin(node)[0].op not in TUNABLE_OPS:
+            return None, "heuristic"
+        if self.records is None:
+            return None, "heuristic (no tuning database given)"
+        schedule, source = self.records.schedule_for(node, self.n_batch)
+        if schedule is not None:
+            self.tuned.add(node.name)
+        return schedule, source
 
     def _bind_all(self, args) -> list[np.ndarray]:
         bound = [self.consts[a] if isinstance(a, Const) else self.buffers[a.name] for a in args]

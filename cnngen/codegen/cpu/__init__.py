@@ -34,6 +34,12 @@ class Lowering:
     schedule: Schedule | None = None
     refs: tuple[Blocked, ...] = ()
     temps: dict[str, Blocked] = field(default_factory=dict)
+    avoid: frozenset[Schedule] = frozenset()     # heuristic schedules whose kernels spilled
+
+    def heuristic(self, ranked: list[Schedule]) -> Schedule:
+        """The best of ``ranked`` (best first) whose kernel is not known to spill; the last
+        one when all are."""
+        return next((s for s in ranked if s not in self.avoid), ranked[-1])
 
     def temp(self, what: str, layout: Blocked) -> Buffer:
         """A zero-initialised scratch buffer owned by this layer."""

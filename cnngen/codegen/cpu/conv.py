@@ -183,14 +183,17 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
     if s is not None:
         check_schedule(node, s, oc_blocks // groups, ic_vecs)
     elif mode == 2:
-        s = sched.conv_default(work, low.target)
-        s = replace(s, ic_block=ic_vecs, ow_tile=s.ow_tile - s.ow_tile % 2)
-    if mode == 2 and (s.ow_tile % 2 or s.ic_block != ic_vecs):
+        ranked = [replace(c, ic_block=ic_vecs, ow_tile=c.ow_tile - c.ow_tile % 2)
+                  for c in sched.conv_ranked(work, low.target) if c.ow_tile >= 2]
+        s = low.heuristic(ranked) if ranked else None
+    if mode == 2 and (s is None or s.ow_tile % 2 or s.ic_block != ic_vecs):
         mode, cols = 1, conv.width        # a schedule the register pool cannot use
+        work = replace(work, w_out=cols)
     if s is None:
-        s = sched.conv_default(work, low.target)
+        ranked = sched.conv_ranked(work, low.target)
         if mode == 1:
-            s = replace(s, rows=band_rows(s.rows, pool, out.height))
+            ranked = [replace(c, rows=band_rows(c.rows, pool, out.height)) for c in ranked]
+        s = low.heuristic(ranked)
     res_args = (low.inputs[1],) if residual else ()
     res_strides = residual.strides("res") if residual else dict.fromkeys(
         ("res_batch", "res_block", "res_row", "res_origin"), 0)
@@ -219,7 +222,7 @@ def depthwise_conv(low: Lowering, kernel, stride, dilation, pads, ops) -> Call:
     x, out, v = low.ins[0], low.out, low.target.vector
     work = sched.ConvWorkload(1, 1, out.height, out.width, *kernel, stride[1],
                               depthwise=True)
-    s = low.schedule or sched.depthwise_default(work, low.target)
+    s = low.schedule or low.heuristic(sched.depthwise_ranked(work, low.target))
     node = low.node
     if s.ow_tile < 1 or s.rows < 1:
         raise InputError(f"layer {node.fused[0].name if node.fused else node.name!r} "

@@ -71,7 +71,7 @@ def lower_dense(low: Lowering) -> list[Call]:
     n_batch, units, features = low.n_batch, out.channels, x.channels
     inputs = input_values(x, v)
     in_blocks = inputs["in_blocks"]
-    s = low.schedule or sched.dense_default(units, low.target)
+    s = low.schedule or low.heuristic(sched.dense_ranked(units, low.target))
     if out.blocks % s.unit_vecs:
         raise ValueError(f"layer {node.name!r} (dense): schedule unit_vecs={s.unit_vecs} must "
                          f"divide the {out.blocks} output vectors of {units} units")
