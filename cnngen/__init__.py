@@ -5,6 +5,7 @@ from .reference import ReferenceExecutor
 from .runtime.compiled import CompiledNet, compile
 from .spec import Builder, build_graph, load_spec
 from .summary import Summary, check
+from .tuning.tuner import tune
 from .weights import init_weights, load_npz, save_npz
 
 __version__ = "0.1.0"
@@ -12,5 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Builder", "CnngenError", "CompiledNet", "InputError", "ReferenceExecutor", "SpecError", "Summary",
     "WeightsError", "build_graph", "check", "compile", "init_weights", "load_npz", "load_spec",
-    "save_npz", "zoo",
+    "save_npz", "tune", "zoo",
 ]

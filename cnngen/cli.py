@@ -1,8 +1,10 @@
 """The ``cnngen`` command line. ``cnngen check SPEC`` validates a spec and prints its
 per-layer summary; ``cnngen compile SPEC`` generates and compiles its kernels and says
 which came from the cache; ``cnngen explain SPEC`` shows each kernel's fused op chain,
-schedule, source and work (``--profile``: its time). SPEC is a .yaml/.json path or
-``zoo:NAME`` (see ``cnngen zoo``).
+schedule, source and work (``--profile``: its time); ``cnngen tune SPEC`` searches each
+kernel's schedules, measured on this machine, into a tuning database that compile and
+explain then apply (``cnngen tune --report DB`` summarises one). SPEC is a .yaml/.json path
+or ``zoo:NAME`` (see ``cnngen zoo``).
 
 Exit status: 0 when valid, 1 for an invalid spec (the message goes to stderr), 2 for a
 command-line mistake, 130 when interrupted (Ctrl-C: one line, no traceback).
@@ -106,12 +108,60 @@ def add_compile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
     p.add_argument("--cache-dir", default=None, type=directory,
                    help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    p.add_argument("--tuning-db", default=None,
+                   help="tuning database whose records apply (default: tuning.db in the "
+                        "kernel cache; 'none' for the heuristic only)")
 
 
 def compiled(args):
     """The CompiledNet of a compile-style command's arguments (kernels come with the plan)."""
     from .runtime.compiled import compile as compile_net
-    return compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir)
+    db = False if args.tuning_db == "none" else args.tuning_db
+    return compile_net(resolve(args.spec), target=args.target, cache_dir=args.cache_dir,
+                       tuning_db=db)
+
+
+def cmd_tune(args) -> int:
+    if args.report:
+        return print_tuning_report(args.report)
+    if args.spec is None:
+        raise CnngenError("cnngen tune: expected SPEC (a .yaml/.json spec or zoo:NAME) to "
+                          "tune, or --report DB to summarise a database.")
+    from .tuning.tuner import tune
+    layers = args.layers.split(",") if args.layers else None
+    report = tune(resolve(args.spec), batch=args.batch, trials=args.trials,
+                  time_budget_s=args.time_budget, strategy=args.strategy, db=args.db,
+                  workers=args.workers, scheduler=args.scheduler, seed=args.seed,
+                  target=args.target, cache_dir=args.cache_dir, layers=layers,
+                  progress=not args.quiet, plot=args.plot)
+    print(report)
+    if args.plot:
+        print(f"convergence plot: {args.plot}")
+    return 0
+
+
+def print_tuning_report(path: str) -> int:
+    from pathlib import Path
+
+    from .schedule import from_dict
+    from .target import cpu
+    from .tuning.db import Context, TuningDB
+    from .tuning.workload import template_hash
+    if not Path(path).is_file():
+        raise CnngenError(f"cnngen tune --report: no tuning database at {path}.")
+    with TuningDB(path, readonly=True) as db:
+        rows = db.report(Context.current(cpu(), template_hash()))
+    print(f"{path}: {len(rows)} workload/batch/machine groups")
+    print(f"{'kernel':<9} {'batch':>5} {'trials':>6} {'ok':>4} {'best ms':>9} {'GFLOP/s':>7} "
+          f"{'state':<12} {'schedule':<22} cpu")
+    for r in rows:
+        state = ("stale" if r["stale"] else "this CPU" if r["this_cpu"] else "other CPU")
+        best = f"{r['best_seconds'] * 1e3:.3f}" if r["best_seconds"] else "-"
+        gflops = f"{r['best_gflops']:.0f}" if r["best_gflops"] else "-"
+        text = str(from_dict(r["best_schedule"])) if r["best_schedule"] else "-"
+        print(f"{r['kernel']:<9} {r['batch']:>5} {r['trials']:>6} {r['ok']:>4} {best:>9} "
+              f"{gflops:>7} {state:<12} {text:<22} {r['cpu']}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -135,6 +185,31 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--repeats", type=int, default=20,
                    help="launches per kernel when profiling (median; default 20)")
     e.set_defaults(run=cmd_explain)
+    t = sub.add_parser("tune", help="search each kernel's schedules on this machine and "
+                                    "record the fastest in a tuning database")
+    t.add_argument("spec", nargs="?", help="a .yaml/.json spec file, or zoo:NAME")
+    t.add_argument("--batch", type=int, default=1, help="batch size to tune for (1)")
+    t.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
+    t.add_argument("--cache-dir", default=None, type=directory,
+                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    t.add_argument("--trials", type=int, default=64, help="new candidates per kernel (64)")
+    t.add_argument("--time-budget", type=float, default=None,
+                   help="seconds for the whole run, shared by the kernels (default: none)")
+    t.add_argument("--strategy", default="evolve", choices=("grid", "random", "evolve"))
+    t.add_argument("--db", default=None,
+                   help="tuning database (default: tuning.db in the kernel cache, where "
+                        "compile looks)")
+    t.add_argument("--workers", type=int, default=1,
+                   help="measure on a Dask LocalCluster of N worker processes")
+    t.add_argument("--scheduler", default=None,
+                   help="measure on an existing Dask cluster (tcp://host:port) of identical machines")
+    t.add_argument("--seed", type=int, default=0, help="search seed (0)")
+    t.add_argument("--layers", default=None, help="only the kernels of these spec layers (a,b)")
+    t.add_argument("--plot", default=None, help="write a PNG convergence plot here (matplotlib)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--report", metavar="DB", default=None,
+                   help="summarise the records of a tuning database and exit")
+    t.set_defaults(run=cmd_tune)
     z = sub.add_parser("zoo", help="list the built-in architectures")
     z.set_defaults(run=cmd_zoo)
     return p

@@ -208,3 +208,51 @@ def dense_ranked(units: int, target: Target) -> list[DenseSchedule]:
         top = max(1, min(accumulator_limit(target, unit_vecs) // unit_vecs, 6))
         ranked += [DenseSchedule(unit_vecs, n) for n in range(top, 0, -1)]
     return ranked
+
+
+# Rows per parallel task the tuner tries.
+TASK_ROWS = (1, 2, 4, 8)
+
+
+def divisors(n: int, most: int | None = None) -> list[int]:
+    return [d for d in range(1, (n if most is None else min(n, most)) + 1) if n % d == 0]
+
+
+def _ranked_first(ranked: list[Schedule], points: list[Schedule]) -> list[Schedule]:
+    """``points`` with the heuristic's ranking first (search strategies read it that way)."""
+    legal = set(points)
+    first = list(dict.fromkeys(s for s in ranked if s in legal))
+    taken = set(first)
+    return first + [s for s in points if s not in taken]
+
+
+def conv_space(work: ConvWorkload, target: Target) -> list[ConvSchedule]:
+    """Every legal direct-conv schedule whose register tile could fit: up to 4 output-channel
+    vectors dividing the output vectors, ow tiles while accumulators + weights + the
+    broadcast fit the registers (a larger tile always spills), ic blocks dividing the input
+    vectors, and the task rows of TASK_ROWS; the heuristic's ranking first."""
+    v = target.vector
+    ic_vecs = -(-work.c_in // v)
+    points = [ConvSchedule(oc_vecs, ow_tile, ic_block, rows)
+              for oc_vecs in divisors(-(-work.c_out // v), 4)
+              for ow_tile in range(1, min(work.w_out, (target.vector_registers - oc_vecs - 1)
+                                          // oc_vecs) + 1)
+              for ic_block in divisors(ic_vecs) for rows in TASK_ROWS]
+    return _ranked_first(conv_ranked(work, target), points)
+
+
+def depthwise_space(work: ConvWorkload, target: Target) -> list[DepthwiseSchedule]:
+    """Pixel tiles up to what the registers could hold, by the task rows of TASK_ROWS."""
+    top = min(work.w_out, target.vector_registers - work.k_h * work.k_w // 2)
+    points = [DepthwiseSchedule(ow_tile, rows) for ow_tile in range(1, max(1, top) + 1)
+              for rows in TASK_ROWS]
+    return _ranked_first(depthwise_ranked(work, target), points)
+
+
+def dense_space(units: int, target: Target) -> list[DenseSchedule]:
+    """Unit vectors dividing the output vectors (up to 4) by sample tiles that could fit."""
+    points = [DenseSchedule(unit_vecs, batch_tile)
+              for unit_vecs in divisors(-(-units // target.vector), 4)
+              for batch_tile in range(1, min(8, (target.vector_registers - unit_vecs - 1)
+                                            // unit_vecs) + 1)]
+    return _ranked_first(dense_ranked(units, target), points)

@@ -123,7 +123,7 @@ def test_explain_shows_each_kernel_its_chain_schedule_source_and_profile(tmp_pat
     assert out.startswith("block: batch 2")
     assert "layers:   c1, bn1, r1, p1" in out
     assert "ops:      conv2d -> bn -> relu -> maxpool2d" in out
-    assert "from heuristic (no tuning database given)" in out
+    assert f"from heuristic (no tuning database at {tmp_path / 'k' / 'tuning.db'})" in out
     # 2 images x 16 filters x 12 x 12 pixels x 27 multiply-adds x 2
     assert "work:     249kFLOP" in out
     paths = [line.split("source:   ", 1)[1] for line in out.splitlines() if "source:   " in line]

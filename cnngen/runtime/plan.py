@@ -310,6 +310,7 @@ class Plan:
         calls = [to_blocked(graph.input_name, layouts[graph.input_name], self.n_batch)]
         temps: dict[str, Blocked] = {}
         self.schedule_sources = {}
+        self.lowerings: dict[str, Lowering] = {}     # by node: what the tuner's space reads
         for node in graph.nodes:
             if node.name in self.written_in_place or isinstance(self.layouts[node.name], FlatView):
                 continue          # written by its inputs, or read in place by its readers
@@ -318,6 +319,7 @@ class Plan:
                            self.n_batch, self.target, schedule,
                            tuple(layouts[r] for r in node.refs), temps,
                            frozenset(avoid.get(node.name, ())))
+            self.lowerings[node.name] = low
             try:
                 calls += LOWER[node.op](low)
             except InputError as error:

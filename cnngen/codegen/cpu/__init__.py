@@ -1,7 +1,8 @@
 """CPU lowering: each spec layer becomes one or more calls of generated Numba kernels.
 
-Every module here maps op names to a lowering function in ``LOWER`` and, where an op reads
-a zero halo around its input (convolutions), to the halo it needs in ``HALO``. A lowering
+Every module here maps op names to a lowering function in ``LOWER``; where an op reads a
+zero halo around its input (convolutions), to the halo it needs in ``HALO``; and where its
+kernel takes a schedule, to the schedules it can take in ``SPACE`` (the tuner's space). A lowering
 function takes a ``Lowering`` (the node, the layouts of its inputs and output, the batch
 size, the target, an explicit schedule if any) and returns the ``Call``s to run in order.
 """
@@ -58,11 +59,12 @@ class Lowering:
 
 def _registry():
     from . import conv, dense, elementwise, pool
-    lower, halo = {}, {}
+    lower, halo, space = {}, {}, {}
     for module in (conv, pool, elementwise, dense):
         lower.update(module.LOWER)
         halo.update(getattr(module, "HALO", {}))
-    return lower, halo
+        space.update(getattr(module, "SPACE", {}))
+    return lower, halo, space
 
 
-LOWER, HALO = _registry()
+LOWER, HALO, SPACE = _registry()

@@ -258,11 +258,11 @@ def lower_conv(low: Lowering) -> list[Call]:
     kernel, stride, dilation, ((top, _), (left, _)) = geometry(node)
     groups, c_in, c_out = node.attrs["groups"], low.ins[0].channels, low.out.channels
     ops = op_chain(node)
+    if isinstance(low.schedule, sched.WinogradSchedule):
+        from . import winograd        # it builds on this module's packing and epilogue
+        return winograd.lower_winograd(low)
     if is_depthwise(c_in, c_out, groups):
         return [depthwise_conv(low, kernel, stride, dilation, (top, left), ops)]
-    if isinstance(low.schedule, sched.WinogradSchedule):
-        from .winograd import lower_winograd
-        return lower_winograd(low)
     if is_aligned(c_in, c_out, groups, v):
         weights = Const(node.name, "w", lambda p: pack_direct(as_2d(folded(p, node)[0]), v))
     else:
@@ -314,6 +314,31 @@ def lower_conv_transpose(low: Lowering) -> list[Call]:
     return [dilate, conv]
 
 
+def conv_space(low: Lowering) -> list[sched.Schedule]:
+    """Every legal schedule of the layer's kernel, the heuristic's ranking first: the direct
+    conv's, then Winograd's where it applies (or the depthwise kernel's)."""
+    node, target = low.node, low.target
+    kernel, stride, _, _ = geometry(node)
+    transpose = node.op.startswith("conv_transpose")
+    c_in, c_out, groups = low.ins[0].channels, low.out.channels, node.attrs["groups"]
+    if not transpose and is_depthwise(c_in, c_out, groups):
+        work = sched.ConvWorkload(1, 1, low.out.height, low.out.width, *kernel, stride[1],
+                                  depthwise=True)
+        return sched.depthwise_space(work, target)
+    if not is_aligned(c_in, c_out, groups, target.vector):
+        groups = 1
+    pool = fused_pool(node)
+    conv = Blocked.of(pool.in_types[0], target.vector) if pool else low.out
+    work = sched.ConvWorkload(c_in // groups, c_out // groups, conv.height, conv.width,
+                              *kernel, 1 if transpose else stride[1])
+    points = sched.conv_space(work, target)
+    from . import winograd
+    if node.op == "conv2d" and winograd.applies(node) is None:
+        points += winograd.space(node, target)
+    return points
+
+
 LOWER = {"conv1d": lower_conv, "conv2d": lower_conv,
          "conv_transpose1d": lower_conv_transpose, "conv_transpose2d": lower_conv_transpose}
 HALO = {"conv1d": conv_halo, "conv2d": conv_halo}
+SPACE = {op: conv_space for op in LOWER}

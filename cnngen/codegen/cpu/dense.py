@@ -95,4 +95,9 @@ def lower_dense(low: Lowering) -> list[Call]:
     return [Call(node.name, kernel, (low.inputs[0], weights, bias, low.output))]
 
 
+def dense_space(low: Lowering) -> list[sched.Schedule]:
+    return sched.dense_space(low.out.channels, low.target)
+
+
 LOWER = {"dense": lower_dense}
+SPACE = {"dense": dense_space}
