@@ -2,6 +2,7 @@
 
     python benchmarks/conv_table.py [--rows resnet_l1_b1,ts_c64_b16] [--samples 15]
                                     [--target avx2] [--json out.json] [--peers-only]
+                                    [--tuning-db rows.db]
 
 For each row of ``shapes.json`` (conv2d, then conv1d) cnngen runs in this process and each
 peer in its own worker process (``peers.py``). After a correctness check against PyTorch,
@@ -62,16 +63,17 @@ class CnngenRunner:
     """``row`` compiled by cnngen for its batch, weights loaded. For a layer or block row,
     ``calls`` are "conv" (the non-edge steps, on the blocked layout, as a network runs
     them) and "edge_in" / "edge_out" (the layout conversions at the edges). For a network
-    row "conv" is the whole inference, NCHW input copied in to NCHW output, edges included."""
+    row "conv" is the whole inference, NCHW input copied in to NCHW output, edges included.
+    ``tuning_db``: the heuristic's schedules (False) or a tuning database's records (a path)."""
 
-    def __init__(self, row, target: str | None = None):
+    def __init__(self, row, target: str | None = None, tuning_db=False):
         import cnngen
         if not hasattr(cnngen, "compile"):
             raise CnngenUnavailable("cnngen.compile does not exist yet in this checkout")
         self.row = row
         self.x = input_of(row)
         self.spec, weights = spec_and_weights(row)
-        self.net = cnngen.compile(self.spec, target=target or "cpu")
+        self.net = cnngen.compile(self.spec, target=target or "cpu", tuning_db=tuning_db)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "w.npz"
             cnngen.save_npz(weights, path)
@@ -158,14 +160,19 @@ def stats(times_ms: list[float]) -> dict:
 
 
 def measure_row(row: Row, cn: CnngenRunner | None, peers: dict[str, PeerProcess],
-                samples: int, sample_ms: float, rtol: float) -> dict:
-    """Check every runner against the reference output, then time them interleaved."""
+                samples: int, sample_ms: float, rtol: float,
+                tuned: CnngenRunner | None = None) -> dict:
+    """Check every runner against the reference output, then time them interleaved.
+    ``tuned``: cnngen with a tuning database's records, timed as "cnngen:tuned"."""
     runners = {}  # label -> sample(k) -> per-call ms
     if cn is not None:
         for part, fn in cn.calls.items():
             label = "cnngen" if part == "conv" else f"cnngen:{part}"
             runners[label] = lambda k, fn=fn: _local_sample(fn, k)
     outputs = {}
+    if tuned is not None:
+        runners["cnngen:tuned"] = lambda k, fn=tuned.calls["conv"]: _local_sample(fn, k)
+        outputs["cnngen:tuned"] = tuned.output()
     for name, proc in peers.items():
         for variant in proc.prepare(row):
             runners[f"{name}:{variant}"] = lambda k, p=proc, v=variant: p.time(v, k)
@@ -199,6 +206,8 @@ def measure_row(row: Row, cn: CnngenRunner | None, peers: dict[str, PeerProcess]
                           for lab, t in times.items()}}
     if cn is not None:
         result["kernels"] = cn.kernel_names
+    if tuned is not None:
+        result["tuned_kernels"] = tuned.kernel_names
     return summarise(result)
 
 
@@ -245,6 +254,12 @@ def summarise(result: dict) -> dict:
     if "cnngen" in runners:
         cn_ms = runners["cnngen"]["median_ms"]
         result["ratios"] = {peer: runners[lab]["median_ms"] / cn_ms for peer, lab in best.items()}
+    if "cnngen:tuned" in runners:
+        tuned_ms = runners["cnngen:tuned"]["median_ms"]
+        result["tuned_ratios"] = {peer: runners[lab]["median_ms"] / tuned_ms
+                                  for peer, lab in best.items()}
+        if "cnngen" in runners:
+            result["tuned_ratios"]["cnngen default"] = runners["cnngen"]["median_ms"] / tuned_ms
     return result
 
 
@@ -365,6 +380,37 @@ MAIN = [("row", 16), ("MFLOP", 6), ("cnngen ms [IQR]", 21), ("GF/s", 5), ("torch
         ("ort/cn", 6)]
 USER = [("row", 16), ("net(x) ms [IQR]", 21), ("kernel ms", 9), ("torch user ms", 13),
         ("layout", 6), ("torch kernel ms", 15), ("torch/net(x)", 12), ("torch/kernel", 12)]
+TUNED = [("row", 16), ("default ms", 10), ("tuned ms [IQR]", 21), ("GF/s", 5),
+         ("default/tuned", 13), ("torch/tuned", 11), ("ort/tuned", 9), ("tuned schedule", 40)]
+
+
+def _tuned_cells(r: dict) -> list[str]:
+    run, ratios = r["runners"], r["tuned_ratios"]
+    tuned = run["cnngen:tuned"]
+    schedules = sorted({k.split("__")[2] for k in r["tuned_kernels"] if k.count("__") >= 3})
+    return [r["row"], _ms(run.get("cnngen", {}).get("median_ms")), _cell(tuned),
+            _num(tuned["gflops"], ".0f"), _num(ratios.get("cnngen default"), ".2f"),
+            _num(ratios.get("torch"), ".2f"), _num(ratios.get("ort"), ".2f"),
+            ", ".join(schedules)]
+
+
+def print_tuned(rows: list[dict]) -> None:
+    """The tuned table and its geometric means, for rows timed with a tuning database."""
+    tuned = [r for r in rows if "tuned_ratios" in r]
+    if not tuned:
+        return
+    print("\ntuned: cnngen with the tuning database's records (--tuning-db), in the same "
+          "interleaved run;\nratios are the other's ms / tuned ms (> 1: tuned is faster):\n")
+    _table(TUNED, [_tuned_cells(r) for r in tuned])
+    for op in ("conv2d", "conv1d", "fused_block", "network"):
+        for peer in ("cnngen default", "torch", "ort"):
+            ratios = [r["tuned_ratios"][peer] for r in tuned
+                      if r["op"] == op and peer in r["tuned_ratios"]]
+            if ratios:
+                print(f"geomean {peer}_ms / tuned_ms over {len(ratios)} {op} rows: "
+                      f"{geomean(ratios):.2f}x (lowest {min(ratios):.2f}x)")
+
+
 DETAIL = [("row", 16), ("torch nchw/ncl", 14), ("torch cl", 8), ("edge in ms", 10),
           ("edge out ms", 11), ("edges/conv", 10), ("other load", 10)]
 
@@ -410,6 +456,7 @@ def print_report(report: dict) -> None:
             n = sum(1 for r in report["rows"] if r["op"] == op and peer in r.get("ratios", {}))
             if g is not None:
                 print(f"geomean {peer}_ms / cnngen_ms over {n} {op} rows: {g:.2f}x")
+    print_tuned(report["rows"])
     kernels = [(r["row"], r["kernels"]) for r in report["rows"] if "kernels" in r]
     if kernels:
         print("\ncnngen kernels (the non-edge steps, timed as 'cnngen'):")
@@ -464,6 +511,8 @@ def main(argv=None) -> int:
                     help='cnngen target: "cpu" (default: detected), "avx2" or "cpu-avx2", ...')
     ap.add_argument("--peers-only", action="store_true",
                     help="time the peers without cnngen (e.g. before cnngen.compile exists)")
+    ap.add_argument("--tuning-db", type=Path, default=None,
+                    help="also time cnngen with this tuning database's records ('tuned')")
     args, rows = parse_table_arguments(ap, load_rows, argv)
     target = args.target
     if target and not target.startswith("cpu") and target != "cuda":
@@ -475,15 +524,18 @@ def main(argv=None) -> int:
         peers, skipped = start_peers(args.peers)
         results = []
         for row in rows:
-            cn = None
+            cn = tuned = None
             if not args.peers_only:
                 try:
                     cn = CnngenRunner(row, target)
+                    if args.tuning_db:
+                        tuned = CnngenRunner(row, target, tuning_db=args.tuning_db)
                 except CnngenUnavailable as e:
                     raise SystemExit(f"cnngen side unavailable: {e}. Run with --peers-only "
                                      f"to time the peers alone.")
             print(f"  measuring {row.name} ...", file=sys.stderr, flush=True)
-            results.append(measure_row(row, cn, peers, args.samples, args.sample_ms, args.rtol))
+            results.append(measure_row(row, cn, peers, args.samples, args.sample_ms, args.rtol,
+                                       tuned))
         host["load_end"] = _load()
         report = {"machine": host, "versions": versions(peers, not args.peers_only),
                   "skipped_peers": skipped,

@@ -1,7 +1,7 @@
 """Fused blocks and whole networks: cnngen against PyTorch and ONNX Runtime, samples interleaved.
 
     python benchmarks/fused_table.py [--rows conv_bn_relu_maxpool_l1_b1,resnet18_224_b1]
-                                     [--samples 15] [--json out.json]
+                                     [--samples 15] [--json out.json] [--tuning-db t.db]
 
 Block rows are the ``fused_block`` rows of ``shapes.json``: conv (no bias) -> batch norm ->
 ReLU -> 2x2 max pool at inference, which cnngen runs as one kernel. The peers run it as
@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_table import (CnngenRunner, _cell, _load, _ms, _num, _table, geomean,  # noqa: E402
-                        machine, measure_row, parse_table_arguments, start_peers,
-                        table_arguments, versions)
+                        machine, measure_row, parse_table_arguments, print_tuned,
+                        start_peers, table_arguments, versions)
 from peers import NetRow, load_blocks, select  # noqa: E402
 
 NETWORKS = [NetRow(f"{model}_224_b{n}", model, n, 224)
@@ -97,6 +97,7 @@ def print_report(report: dict) -> None:
     if noisy:
         print(f"\nWARNING: other programs used more than 0.2 cores while timing "
               f"{', '.join(noisy)}; those times are not representative of an idle machine.")
+    print_tuned(report["rows"])
     print("\ncnngen kernels:")
     for r in report["rows"]:
         names = r["kernels"]
@@ -107,6 +108,8 @@ def print_report(report: dict) -> None:
 def main(argv=None) -> int:
     ap = table_arguments(__doc__.split("\n\n")[0],
                          "comma-separated row names (default: all blocks and nets)", 50.0)
+    ap.add_argument("--tuning-db", type=Path, default=None,
+                    help="also time cnngen with this tuning database's records ('tuned')")
     args, rows = parse_table_arguments(ap, load, argv)
     peers = {}
     host = machine()
@@ -115,8 +118,9 @@ def main(argv=None) -> int:
         results = []
         for row in rows:
             print(f"  measuring {row.name} ...", file=sys.stderr, flush=True)
+            tuned = CnngenRunner(row, tuning_db=args.tuning_db) if args.tuning_db else None
             result = measure_row(row, CnngenRunner(row), peers, args.samples, args.sample_ms,
-                                 args.rtol)
+                                 args.rtol, tuned)
             result["n_batch"] = row.n_batch
             results.append(result)
         host["load_end"] = _load()

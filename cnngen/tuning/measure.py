@@ -18,10 +18,11 @@ A ``Measurer`` keeps one worker (``python -m cnngen.tuning.measure``) that runs 
 a time; after a timeout or a crash a fresh worker serves the next job, so one bad candidate
 costs one trial, never the run. Measurers share nothing: a tuner may run one per thread.
 
-Workers and cores: workers compile in parallel, but the timed section of a job (warm-up,
-calibration and samples) holds an exclusive ``flock`` on ``LOCK_PATH``, machine-wide, so two
-workers never run their thread pools at once and no measurement is timed while another
-one's kernels share the cores. (Programs that do not take the lock are not held off.)
+Workers and cores: the timed section of a job (warm-up, calibration and samples) holds an
+exclusive ``flock`` on ``LOCK_PATH``, machine-wide, and the rest of a job (compiling, the
+reference check) a shared one. So workers compile side by side, but nothing of theirs runs
+while one is timing: no two thread pools fight, and no compile steals a core from a timed
+kernel. (Programs that do not take the lock are not held off.)
 """
 from __future__ import annotations
 
@@ -200,11 +201,12 @@ def mismatch(got: np.ndarray, ref: np.ndarray) -> str:
 
 
 @contextmanager
-def machine_lock():
-    """Hold the machine-wide measurement lock (``LOCK_PATH``) while the block runs."""
+def machine_lock(exclusive: bool = True):
+    """Hold the machine-wide measurement lock (``LOCK_PATH``) while the block runs:
+    exclusive for timing, shared for the work around it (compiling, checking)."""
     fd = os.open(LOCK_PATH, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)          # closing the descriptor releases the lock
@@ -228,8 +230,8 @@ def time_steps(net, x: np.ndarray, steps, repeats: int, min_sample_s: float) -> 
         return [sample(k) / k for _ in range(repeats)]
 
 
-def run_job(job: Job) -> Trial:
-    """The job's Trial, measured in this process (what a worker does with each job)."""
+def _build_and_check(job: Job):
+    """The job's net, input, steps, kernel names, spills and target; or its failed Trial."""
     target = None
     try:
         target = targets.resolve(job.target)
@@ -248,6 +250,16 @@ def run_job(job: Job) -> Trial:
     error = mismatch(net(x), ref)
     if error:
         return failure(job, "wrong_result", error, kernel, spills, target)
+    return net, x, steps, kernel, spills, target
+
+
+def run_job(job: Job) -> Trial:
+    """The job's Trial, measured in this process (what a worker does with each job)."""
+    with machine_lock(exclusive=False):       # no other worker is timing meanwhile
+        checked = _build_and_check(job)
+    if isinstance(checked, Trial):
+        return checked
+    net, x, steps, kernel, spills, target = checked
     samples = time_steps(net, x, steps, job.repeats, job.min_sample_s)
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
     return Trial("ok", float(median), float(q3 - q1), tuple(samples), spills, kernel,
