@@ -47,3 +47,6 @@ def test_compiled_kernels_serve_the_trained_network():
                       r"for ([\d.]+)% of images", result.stdout)
     assert found, result.stdout
     assert float(found.group(1)) > 0.9 and float(found.group(2)) >= 99.0
+    timing = re.search(r"serving \d+ images: ([\d.]+) ms per call \(median of 20 warm calls, "
+                       r"[\d.]+-[\d.]+\); the first, cold call took ([\d.]+) ms", result.stdout)
+    assert timing, result.stdout
