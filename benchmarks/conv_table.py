@@ -11,7 +11,7 @@ the samples go round-robin: cnngen, its edge conversions, cnngen as a user calls
 torch channels_last, ORT, then again, with the starting runner rotated each round. A sample is ``k`` timed calls
 after one untimed warm-up call, with ``k`` chosen so that a sample takes about
 ``--sample-ms``. Each runner waits for its own thread pool to stop spinning before the next
-runner starts (``peers.settle``). Reported: the median per-call time over all samples and its
+runner starts (``cnngen.tuning.measure.settle``). Reported: the median per-call time over all samples and its
 interquartile range; ratios are peer_ms / cnngen_ms, so > 1 means cnngen is faster.
 """
 from __future__ import annotations
@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import (PEERS, NetRow, PeerProcess, Row, load_rows, settle,  # noqa: E402
-                   time_calls)
+from peers import PEERS, NetRow, PeerProcess, Row, load_rows, time_calls  # noqa: E402
+
+from cnngen.tuning.measure import settle  # noqa: E402
 
 
 class CnngenUnavailable(RuntimeError):

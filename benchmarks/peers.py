@@ -46,6 +46,8 @@ from typing import Callable
 
 import numpy as np
 
+from cnngen.tuning.measure import settle
+
 SHAPES = Path(__file__).with_name("shapes.json")
 SEED = 20240603
 THREADS = 2
@@ -282,35 +284,6 @@ def time_calls(fn: Callable[[], object], k: int, warmup: int = 1) -> list[float]
         fn()
         times.append((clock() - t0) * 1e-6)
     return times
-
-
-def settle(timeout_s: float = 0.5, quiet_polls: int = 3, poll_s: float = 0.001) -> float:
-    """Wait until no other thread of this process is running; return the wait in ms.
-
-    Thread pools spin after their last task (measured here: libgomp in PyTorch about 8 ms,
-    ONNX Runtime about 45 ms), and a spinning pool steals a core from whichever runner goes
-    next. Each process calls this after its sample, so the next sample starts on a quiet
-    machine and idle workers really are idle. Without /proc it sleeps 50 ms instead."""
-    t0 = time.perf_counter()
-    task = "/proc/self/task"
-    if not os.path.isdir(task):
-        time.sleep(0.05)
-        return (time.perf_counter() - t0) * 1e3
-    me = str(threading.get_native_id())
-    quiet = 0
-    while quiet < quiet_polls and time.perf_counter() - t0 < timeout_s:
-        quiet = 0 if any(_running(f"{task}/{tid}/stat") for tid in os.listdir(task)
-                         if tid != me) else quiet + 1
-        time.sleep(poll_s)
-    return (time.perf_counter() - t0) * 1e3
-
-
-def _running(stat_path: str) -> bool:
-    try:
-        with open(stat_path) as f:
-            return f.read().rpartition(")")[2].split()[0] == "R"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False  # the thread exited between listdir and open
 
 
 class TorchPeer:

@@ -212,6 +212,36 @@ def machine_lock(exclusive: bool = True):
         os.close(fd)          # closing the descriptor releases the lock
 
 
+def settle(timeout_s: float = 0.5, quiet_polls: int = 3, poll_s: float = 0.001) -> float:
+    """Wait until no other thread of this process is running; return the wait in ms.
+
+    Thread pools spin after their last task (measured here: libgomp in PyTorch about 8 ms,
+    ONNX Runtime about 45 ms), and a spinning pool steals a core from whichever runner goes
+    next (TBB's workers spin too). A measurement calls this after its samples, before it lets
+    the next one start, so that one starts on a quiet machine; the benchmarks' peer runners
+    call it after each sample. Without /proc it sleeps 50 ms instead."""
+    t0 = time.perf_counter()
+    task = "/proc/self/task"
+    if not os.path.isdir(task):
+        time.sleep(0.05)
+        return (time.perf_counter() - t0) * 1e3
+    me = str(threading.get_native_id())
+    quiet = 0
+    while quiet < quiet_polls and time.perf_counter() - t0 < timeout_s:
+        quiet = 0 if any(_running(f"{task}/{tid}/stat") for tid in os.listdir(task)
+                         if tid != me) else quiet + 1
+        time.sleep(poll_s)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _running(stat_path: str) -> bool:
+    try:
+        with open(stat_path) as f:
+            return f.read().rpartition(")")[2].split()[0] == "R"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False  # the thread exited between listdir and open
+
+
 def time_steps(net, x: np.ndarray, steps, repeats: int, min_sample_s: float) -> list[float]:
     """Per-call seconds of ``steps``: ``repeats`` samples of k back-to-back calls, k doubled
     until a sample takes ``min_sample_s``; after a warm-up run of the whole net."""
@@ -227,7 +257,9 @@ def time_steps(net, x: np.ndarray, steps, repeats: int, min_sample_s: float) -> 
         k = 1
         while sample(k) < min_sample_s:
             k *= 2
-        return [sample(k) / k for _ in range(repeats)]
+        samples = [sample(k) / k for _ in range(repeats)]
+        settle()             # this pool's spinning threads would steal from the next timing
+        return samples
 
 
 def _build_and_check(job: Job):

@@ -323,6 +323,7 @@ def plot_convergence(report: TuneReport, path) -> Path:
         raise CnngenError("the convergence plot needs matplotlib: "
                           "pip install 'cnngen[plot]'") from error
     fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)      # a colour per kernel up to 20
     for r in report.results:
         points = [(n, r.default.seconds / s) for n, s in r.history
                   if r.default is not None and s != float("inf")]
