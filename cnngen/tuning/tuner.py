@@ -228,7 +228,8 @@ def _known(db: TuningDB, kernel: KernelToTune, batch: int, context: Context):
 
 def tune_kernel(session: _Session, kernel: KernelToTune, trials: int, time_budget_s,
                 seed: int, progress: bool) -> KernelResult:
-    """Search one kernel's space; the heuristic's schedule is measured first (once)."""
+    """Search one kernel's space; the heuristic's schedule is measured first (once per
+    database) and again after a search that measured anything, its faster time reported."""
     from tqdm import tqdm
 
     start = time.monotonic()
@@ -260,6 +261,12 @@ def tune_kernel(session: _Session, kernel: KernelToTune, trials: int, time_budge
                         on_result=on_result)
     finally:
         bar.close()
+    if result.measured:
+        # once more at the end: noise on a shared machine only slows a trial down, and the
+        # search's best is already the fastest of many, so the heuristic gets two tries
+        again = _measurement(session.measure(kernel, [None], "heuristic")[0])
+        if again is not None and (default is None or again.seconds < default.seconds):
+            default = again
     # what compile will apply: the database's pick over every trial of this context
     record = session.db.best(kernel.key, session.batch, session.context).record
     best = (None, None) if record is None else (
