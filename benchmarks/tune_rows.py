@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--time-budget", type=float, default=None, help="seconds per row")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target", default="cpu", help="cpu (the host) or cpu-avx2, cpu-sse")
     ap.add_argument("--compare", help="rows to tune by evolve and by exhaustive grid")
     ap.add_argument("--db-dir", type=Path, default=Path("tune_compare"),
                     help="where --compare keeps its databases")
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
     for row in rows:
         started = time.monotonic()
         r = tune_row(row, args.db, trials=args.trials, strategy=args.strategy,
-                     time_budget_s=args.time_budget, workers=args.workers, seed=args.seed)
+                     time_budget_s=args.time_budget, workers=args.workers, seed=args.seed,
+                     target=args.target)
         summary.append({"row": row.name, "default_ms": r.default and r.default.seconds * 1e3,
                         "tuned_ms": r.best_measurement and r.best_measurement.seconds * 1e3,
                         "schedule": str(r.best), "trials": r.new_trials + r.known_trials,
