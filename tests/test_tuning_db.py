@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -380,6 +381,21 @@ def test_readonly_reads_records_and_refuses_writes(db_path):
             db.add_many([trial(schedule=sched(1))])
     with TuningDB(db_path) as db:
         assert len(db.measured("wk-conv", 1, HERE)) == 1
+
+
+def test_readonly_in_a_directory_it_cannot_write_still_reads(db_path, monkeypatch):
+    # a read-only kernel cache: SQLite could not create the WAL's -shm file beside it
+    # (faked here, since root may write anywhere)
+    with TuningDB(db_path) as db:
+        db.add(trial())
+    for leftover in db_path.parent.glob(f"{db_path.name}-*"):
+        leftover.unlink()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False
+                        if Path(path) == db_path.parent else real_access(path, mode, **kw))
+    with TuningDB(db_path, readonly=True) as db:
+        assert db.best("wk-conv", 1, HERE).record is not None
+    assert sorted(p.name for p in db_path.parent.iterdir()) == [db_path.name]
 
 
 def test_a_closed_database_raises(db_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -197,7 +198,9 @@ class TuningDB:
     def _open(self) -> None:
         """Connect, check the file for damage, initialise an empty file, check the schema."""
         if self.readonly:
-            mode = "ro"
+            # In a directory this process cannot write (a read-only kernel cache), SQLite
+            # could not create the WAL's shared-memory file: read the file as immutable.
+            mode = "ro" if os.access(self.path.parent, os.W_OK) else "ro&immutable=1"
         else:
             mode = "rwc"
             try:
