@@ -9,7 +9,7 @@ code spills. An explicit schedule or a tuning-database record takes precedence o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from .target import Target
 
@@ -17,12 +17,14 @@ from .target import Target
 @dataclass(frozen=True)
 class Schedule:
     def __str__(self) -> str:
+        """``oc2_ow14_ic4_rows1``: every knob, except one left at its default (a knob added
+        later has one, so the names of the kernels that do not use it stay as they were)."""
         return "_".join(f"{f.metadata.get('short', f.name)}{getattr(self, f.name)}"
-                        for f in fields(self))
+                        for f in fields(self) if getattr(self, f.name) != f.default)
 
 
-def _knob(short: str):
-    return field(metadata={"short": short})
+def _knob(short: str, default=MISSING):
+    return field(default=default, metadata={"short": short})
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,18 @@ class ConvSchedule(Schedule):
     output pixels of one row). ``ic_block`` input-channel vectors are reduced per pass over
     a row, so that their weights stay in L1 while the row's tiles reuse them. A parallel
     task is ``rows`` output rows of one (image, output-channel group).
+
+    ``order`` is the loop order when ``ic_block`` is less than the input vectors: 0 runs
+    the ic blocks outermost (each block's weights reused by every tile of the row; the
+    partial sums go through memory between blocks), 1 the tiles outermost (each tile's
+    whole reduction in registers; the row's weights streamed once per tile).
     """
 
     oc_vecs: int = _knob("oc")
     ow_tile: int = _knob("ow")
     ic_block: int = _knob("ic")
     rows: int = _knob("rows")
+    order: int = _knob("lo", 0)
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,10 @@ def from_dict(data: dict) -> Schedule:
         raise ValueError(f"schedule: expected a dict with 'kind' one of {sorted(SCHEDULES)}; "
                          f"received {data!r}")
     names = {f.name for f in fields(kind)}
+    required = {f.name for f in fields(kind) if f.default is MISSING}
     values = {k: v for k, v in data.items() if k != "kind"}
-    if set(values) != names or not all(isinstance(v, int) and not isinstance(v, bool)
-                                       for v in values.values()):
+    if not required <= set(values) <= names or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
         raise ValueError(f"schedule {data!r}: a {kind.__name__} takes the integers "
                          f"{sorted(names)}")
     return kind(**values)
@@ -230,14 +239,16 @@ def conv_space(work: ConvWorkload, target: Target) -> list[ConvSchedule]:
     """Every legal direct-conv schedule whose register tile could fit: up to 4 output-channel
     vectors dividing the output vectors, ow tiles while accumulators + weights + the
     broadcast fit the registers (a larger tile always spills), ic blocks dividing the input
-    vectors, and the task rows of TASK_ROWS; the heuristic's ranking first."""
+    vectors, the task rows of TASK_ROWS, and both loop orders where they differ (an ic block
+    smaller than the input); the heuristic's ranking first."""
     v = target.vector
     ic_vecs = -(-work.c_in // v)
-    points = [ConvSchedule(oc_vecs, ow_tile, ic_block, rows)
+    points = [ConvSchedule(oc_vecs, ow_tile, ic_block, rows, order)
               for oc_vecs in divisors(-(-work.c_out // v), 4)
               for ow_tile in range(1, min(work.w_out, (target.vector_registers - oc_vecs - 1)
                                           // oc_vecs) + 1)
-              for ic_block in divisors(ic_vecs) for rows in TASK_ROWS]
+              for ic_block in divisors(ic_vecs) for rows in TASK_ROWS
+              for order in ((0, 1) if ic_block < ic_vecs else (0,))]
     return _ranked_first(conv_ranked(work, target), points)
 
 

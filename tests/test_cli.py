@@ -170,9 +170,11 @@ def test_ctrl_c_during_compile_prints_one_line(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, once the first
     kernel source is written (compiling has begun): one line, exit status 130."""
     cache = tmp_path / "kernels"
+    # a suite started in the background of a shell inherits SIGINT ignored: undo that here
     proc = subprocess.Popen([sys.executable, "-m", "cnngen", "compile", "zoo:resnet18",
                              "--cache-dir", str(cache)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not any(cache.rglob("*.py")) and time.monotonic() < deadline:

@@ -157,6 +157,8 @@ def check_schedule(node: Node, s: sched.ConvSchedule, oc_blocks_per_group: int,
     problems += [f"{name}={value} must be >= 1" for name, value in
                  (("oc_vecs", s.oc_vecs), ("ow_tile", s.ow_tile), ("ic_block", s.ic_block),
                   ("rows", s.rows)) if value < 1]
+    if s.order not in (0, 1):
+        problems.append(f"order={s.order} must be 0 (ic blocks outermost) or 1 (tiles outermost)")
     if problems:
         raise InputError(f"layer {node.fused[0].name if node.fused else node.name!r} "
                          f"({node.op}): schedule {s} does not fit: {'; '.join(problems)}.")
@@ -211,7 +213,8 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,
         oc_blocks_per_group=oc_blocks // groups, oc_vecs=s.oc_vecs, ow_tile=s.ow_tile,
-        ic_block=s.ic_block, rows=s.rows, tail_tiles=int(cols % s.ow_tile > 0),
+        ic_block=s.ic_block, rows=s.rows, tile_outer=s.order == 1 and s.ic_block < ic_vecs,
+        tail_tiles=int(cols % s.ow_tile > 0),
         ow_tail=cols % s.ow_tile or s.ow_tile,
         x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride,
         x_origin=x.window_origin(pads[0], pads[1]), **out.strides("out"), **res_strides)
