@@ -165,7 +165,11 @@ def conv_ranked(work: ConvWorkload, target: Target) -> list[ConvSchedule]:
 
 
 def _conv_schedule(work: ConvWorkload, target: Target, oc_vecs: int, ow_tile: int) -> ConvSchedule:
-    """The tile ``oc_vecs`` x ``ow_tile`` with the ic blocking and rows per task that suit it."""
+    """The tile ``oc_vecs`` x ``ow_tile`` with the ic blocking and rows per task that suit it,
+    tiles outermost when the reduction takes several ic blocks: each tile's sum then stays
+    in registers. Measured head to head (5 trials each, Zen 5): AVX-512 resnet_l4_b1
+    0.541 -> 0.467 ms, nin_1x1_b1 0.244 -> 0.220, resnet_l3_b1/b16 2-3% faster, vgg_c2 even;
+    AVX2 (emulated) within 1% either way on four rows, resnet_l4 3% faster."""
     v = target.vector
     ic_vecs = -(-work.c_in // v)
     # Weights of one ic block: ic_block*V input channels x k_h*k_w x oc_vecs vectors.
@@ -173,7 +177,8 @@ def _conv_schedule(work: ConvWorkload, target: Target, oc_vecs: int, ow_tile: in
     ic_block = max(1, min(ic_vecs, target.l1d_bytes // 2 // per_vec))
     while ic_vecs % ic_block:
         ic_block -= 1
-    return ConvSchedule(oc_vecs, ow_tile, ic_block, _rows(work, target, oc_vecs))
+    return ConvSchedule(oc_vecs, ow_tile, ic_block, _rows(work, target, oc_vecs),
+                        int(ic_block < ic_vecs))
 
 
 def _rows(work: ConvWorkload, target: Target, oc_vecs: int) -> int:

@@ -185,7 +185,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
     if s is not None:
         check_schedule(node, s, oc_blocks // groups, ic_vecs)
     elif mode == 2:
-        ranked = [replace(c, ic_block=ic_vecs, ow_tile=c.ow_tile - c.ow_tile % 2)
+        ranked = [replace(c, ic_block=ic_vecs, ow_tile=c.ow_tile - c.ow_tile % 2, order=0)
                   for c in sched.conv_ranked(work, low.target) if c.ow_tile >= 2]
         s = low.heuristic(ranked) if ranked else None
     if mode == 2 and (s is None or s.ow_tile % 2 or s.ic_block != ic_vecs):
