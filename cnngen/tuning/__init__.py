@@ -1,6 +1,8 @@
 """Auto-tuning: a schedule space per kernel, searched, measured safely, remembered in SQLite.
 
-- ``space``: the legal schedules of a kernel on a target (schedule.py holds the kinds).
+- the space of a kernel: ``codegen.cpu.SPACE[op](lowering)`` (built on schedule.py's
+  ``conv_space``, ``depthwise_space``, ``dense_space`` and Winograd's ``space``).
+- ``workload``: what a record is about, and records applied when a net is compiled.
 - ``search``: grid, random and evolutionary search within a trial and time budget.
 - ``measure``: candidates compiled and timed in worker processes, checked first.
 - ``db``: the SQLite database of measured trials and the best record per workload.
