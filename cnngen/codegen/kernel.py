@@ -76,12 +76,22 @@ class Const:
 
 
 @dataclass(frozen=True)
+class ParamGrad:
+    """The gradient of one trainable parameter: a flat float32 array in the parameter's own
+    (PyTorch) layout, which a backward kernel overwrites whole (the L2 term is the
+    optimizer's)."""
+
+    layer: str
+    param: str
+
+
+@dataclass(frozen=True)
 class Call:
     """One kernel launch of a layer: ``kernel(*args)``; ``layer`` names the spec layer."""
 
     layer: str
     kernel: KernelSpec
-    args: tuple[Buffer | Const, ...]
+    args: tuple[Buffer | Const | ParamGrad, ...]
     edge: bool = False
 
 

@@ -142,3 +142,20 @@ class FlatView:
 
     def to_nchw(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
         return self.source.to_nchw(buffer, n_batch).reshape(n_batch, -1)
+
+
+@dataclass(frozen=True)
+class Flat:
+    """A plain float32 buffer of ``count`` values, or ``count`` per sample when
+    ``per_sample``: per-channel statistics, labels, per-sample losses, optimizer state."""
+
+    count: int
+    per_sample: bool = False
+
+    def size(self, n_batch: int) -> int:
+        return self.count * (n_batch if self.per_sample else 1)
+
+    def to_nchw(self, buffer: np.ndarray, n_batch: int) -> np.ndarray:
+        """The values (N, count) per sample, else (count,)."""
+        values = buffer[:self.size(n_batch)]
+        return values.reshape(n_batch, self.count) if self.per_sample else values

@@ -5,6 +5,12 @@ zero halo around its input (convolutions), to the halo it needs in ``HALO``; and
 kernel takes a schedule, to the schedules it can take in ``SPACE`` (the tuner's space). A lowering
 function takes a ``Lowering`` (the node, the layouts of its inputs and output, the batch
 size, the target, an explicit schedule if any) and returns the ``Call``s to run in order.
+
+Training adds two maps. ``TRAIN`` holds the training-mode forward lowering of the ops whose
+forward differs in training (batch norm's batch statistics, dropout's mask, max pool's
+switches); it takes a ``Lowering`` too. ``BACKWARD`` maps an op to its backward lowering: it
+takes a ``GradLowering`` and returns the calls that turn the output's gradient into the
+inputs' and the parameters' gradients.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field
 from ...ir import Node
 from ...schedule import Schedule
 from ...target import Target
-from ..kernel import Buffer
+from ..kernel import Buffer, ParamGrad
 from ..layout import Blocked
 from ..vecmath import ACTIVATIONS
 
@@ -57,14 +63,82 @@ class Lowering:
         return Buffer(self.node.name)
 
 
+def grad_name(tensor: str) -> str:
+    """The buffer holding dL/d(tensor) in a training plan."""
+    return f"{tensor}:grad"
+
+
+@dataclass
+class GradLowering:
+    """What a backward lowering needs: the forward node (in the training graph, so possibly
+    a conv with a fused activation), the layouts of its forward inputs and output and of
+    their gradients, and which gradients to compute.
+
+    Contract for the calls it returns:
+    - forward activations (``inputs``, ``output``) and the forward's temps
+      (``saved(what)``: ``<layer>:<what>``, e.g. a max pool's ``switches``) are read-only;
+    - ``grad_output`` may be overwritten (nothing reads it afterwards);
+    - each ``grad_input(i)`` whose ``d_ins[i]`` is not None is overwritten: every real
+      channel of its interior, padding lanes finite, the halo left at zero;
+    - each ``param_grad(p)`` is overwritten whole when ``weight_grads`` (no L2 term).
+    """
+
+    node: Node
+    ins: tuple[Blocked, ...]
+    out: Blocked
+    d_out: Blocked
+    d_ins: tuple[Blocked | None, ...]
+    weight_grads: bool
+    n_batch: int
+    target: Target
+    schedule: Schedule | None = None
+    refs: tuple[Blocked, ...] = ()
+    temps: dict[str, Blocked] = field(default_factory=dict)
+
+    def temp(self, what: str, layout: Blocked) -> Buffer:
+        """A zero-initialised scratch buffer owned by this layer's backward."""
+        name = f"{self.node.name}:{what}"
+        self.temps[name] = layout
+        return Buffer(name)
+
+    def saved(self, what: str) -> Buffer:
+        """A temp the training forward of this layer wrote (``Lowering.temp(what, ...)``)."""
+        return Buffer(f"{self.node.name}:{what}")
+
+    @property
+    def inputs(self) -> tuple[Buffer, ...]:
+        return tuple(Buffer(name) for name in self.node.inputs)
+
+    @property
+    def output(self) -> Buffer:
+        return Buffer(self.node.name)
+
+    @property
+    def grad_output(self) -> Buffer:
+        return Buffer(grad_name(self.node.name))
+
+    def grad_input(self, i: int) -> Buffer:
+        """dL/d(input i) as this layer contributes it (the plan sums several readers')."""
+        return Buffer(f"{self.node.name}:grad_in{i}")
+
+    def param_grad(self, param: str) -> ParamGrad:
+        """The gradient of ``param`` of the spec layer (of a fused node) that owns it."""
+        owner = next((n for n in (self.node.fused or (self.node,)) if param in n.params), None)
+        if owner is None:
+            raise KeyError(f"layer {self.node.name!r} has no parameter {param!r}")
+        return ParamGrad(owner.name, param)
+
+
 def _registry():
     from . import conv, dense, elementwise, pool
-    lower, halo, space = {}, {}, {}
+    lower, halo, space, train, backward = {}, {}, {}, {}, {}
     for module in (conv, pool, elementwise, dense):
         lower.update(module.LOWER)
         halo.update(getattr(module, "HALO", {}))
         space.update(getattr(module, "SPACE", {}))
-    return lower, halo, space
+        train.update(getattr(module, "TRAIN", {}))
+        backward.update(getattr(module, "BACKWARD", {}))
+    return lower, halo, space, train, backward
 
 
-LOWER, HALO, SPACE = _registry()
+LOWER, HALO, SPACE, TRAIN, BACKWARD = _registry()
