@@ -16,3 +16,7 @@ class InputError(CnngenError, ValueError):
 
 class WeightsError(CnngenError, ValueError):
     """Weights are missing, misnamed, misshaped, or a weights file is unreadable."""
+
+
+class TrainingError(CnngenError, RuntimeError):
+    """Training cannot go on: a loss, activation or gradient stopped being finite."""

@@ -11,6 +11,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,51 @@ def _array_header(f, where: str) -> tuple[tuple[int, ...], np.dtype]:
     if any(d < 0 for d in shape):
         raise WeightsError(f"{where}: the .npy header claims a negative shape {shape}.")
     return tuple(shape), dtype
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What ``transfer`` took from the source weights, layer by layer."""
+
+    matched: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]      # (layer, why)
+    unused: tuple[str, ...]                   # source layers the graph has no place for
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.matched)} layers: {', '.join(self.matched) or 'none'}"]
+        lines += [f"kept the initial weights of {layer}: {why}" for layer, why in self.skipped]
+        if self.unused:
+            lines.append(f"not used from the source: {', '.join(self.unused)}")
+        return "\n".join(lines)
+
+
+def transfer(graph: Graph, source, seed: int = 0) -> tuple[Weights, TransferReport]:
+    """Weights for ``graph``: each layer's from ``source`` (a weights dict or an npz path)
+    where the name and every parameter's shape match, else its initial weights. The report
+    says what matched, what was skipped and why (missing, shape mismatch): the way to reuse
+    a trained network's features under a new head."""
+    if isinstance(source, (str, os.PathLike)):
+        source = load_npz(source)
+    if not isinstance(source, Mapping):
+        raise WeightsError(f"weights: expected a dict {{layer: {{param: array}}}} or an .npz "
+                           f"path; received {type(source).__name__}.")
+    weights = init_weights(graph, seed)
+    matched, skipped = [], []
+    for node in graph.nodes:
+        if node.name not in weights:
+            continue
+        given = source.get(node.name)
+        expected = {**node.params, **node.state}
+        if given is None:
+            skipped.append((node.name, "not in the source"))
+            continue
+        given = {p: np.asarray(a) for p, a in given.items()}
+        wrong = [f"{p} is {given[p].shape if p in given else 'missing'}, expected {tuple(s)}"
+                 for p, s in expected.items() if p not in given or given[p].shape != tuple(s)]
+        if wrong:
+            skipped.append((node.name, "shape mismatch: " + "; ".join(wrong)))
+            continue
+        weights[node.name] = {p: given[p].astype(np.float64) for p in expected}
+        matched.append(node.name)
+    unused = tuple(layer for layer in source if layer not in weights)
+    return weights, TransferReport(tuple(matched), tuple(skipped), unused)

@@ -60,7 +60,15 @@ def test_published_multiply_adds(name):
 
 
 def test_every_model_has_a_published_or_hand_count():
-    assert set(zoo.MODELS) == set(PUBLISHED_PARAMS) | {"zfnet"}
+    assert set(zoo.MODELS) == set(PUBLISHED_PARAMS) | {"zfnet", "mnist1d_cnn"}
+
+
+def test_mnist1d_cnn_counts_by_hand():
+    # lengths 40 -> (40 + 2 - 5) // 2 + 1 = 19 -> (19 + 2 - 3) // 2 + 1 = 10 -> 5; 25 * 5 = 125
+    params = (25 * 1 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + (125 * 10 + 10)
+    macs = 25 * 19 * 5 + 25 * 10 * 25 * 3 + 25 * 5 * 25 * 3 + 125 * 10
+    summary = cnngen.check(zoo.mnist1d_cnn())
+    assert (summary.params, summary.macs) == (params, macs) == (5_210, 31_750)
 
 
 def test_zfnet_parameter_count_from_the_paper_table():
