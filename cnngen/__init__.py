@@ -1,8 +1,10 @@
 """cnngen: a hardware-aware code generator for convolutional networks."""
 from . import zoo
-from .errors import CnngenError, InputError, SpecError, WeightsError
+from .errors import CnngenError, InputError, SpecError, TrainingError, WeightsError
 from .reference import ReferenceExecutor
 from .runtime.compiled import CompiledNet, compile
+from .runtime.data import load_dataset
+from .runtime.trainer import Trainer
 from .spec import Builder, build_graph, load_spec
 from .summary import Summary, check
 from .tuning.tuner import tune
@@ -12,6 +14,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Builder", "CnngenError", "CompiledNet", "InputError", "ReferenceExecutor", "SpecError", "Summary",
-    "WeightsError", "build_graph", "check", "compile", "init_weights", "load_npz", "load_spec",
-    "save_npz", "tune", "zoo",
+    "Trainer", "TrainingError", "WeightsError", "build_graph", "check", "compile", "init_weights",
+    "load_dataset", "load_npz", "load_spec", "save_npz", "tune", "zoo",
 ]

@@ -3,8 +3,8 @@ per-layer summary; ``cnngen compile SPEC`` generates and compiles its kernels an
 which came from the cache; ``cnngen explain SPEC`` shows each kernel's fused op chain,
 schedule, source and work (``--profile``: its time); ``cnngen tune SPEC`` searches each
 kernel's schedules, measured on this machine, into a tuning database that compile and
-explain then apply (``cnngen tune --report DB`` summarises one). SPEC is a .yaml/.json path
-or ``zoo:NAME`` (see ``cnngen zoo``).
+explain then apply (``cnngen tune --report DB`` summarises one); ``cnngen train SPEC --data D``
+trains it on generated kernels. SPEC is a .yaml/.json path or ``zoo:NAME`` (see ``cnngen zoo``).
 
 Exit status: 0 when valid, 1 for an invalid spec (the message goes to stderr), 2 for a
 command-line mistake, 130 when interrupted (Ctrl-C: one line, no traceback).
@@ -140,6 +140,43 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from .runtime.trainer import Trainer
+    last = Path(args.checkpoint) / "last.ckpt" if args.checkpoint else None
+    if args.resume:
+        if last is None or not last.is_file():
+            raise CnngenError(f"cnngen train --resume: no checkpoint at "
+                              f"{last or '--checkpoint DIR/last.ckpt'}; give the --checkpoint "
+                              f"directory of the run to resume.")
+        trainer = Trainer.resume(last, cache_dir=args.cache_dir, target=args.target)
+        print(f"resumed {last} at epoch {trainer.epoch}, step {trainer.step_count}")
+    else:
+        if args.spec is None:
+            raise CnngenError("cnngen train: expected SPEC (a .yaml/.json spec or zoo:NAME), "
+                              "or --resume with --checkpoint DIR.")
+        options = {"schedule": args.schedule} if args.schedule else {}
+        freeze = args.freeze.split(",") if args.freeze else ()
+        trainer = Trainer(resolve(args.spec), optimizer=args.optimizer, lr=args.lr,
+                          batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+                          weights=args.weights, freeze=freeze, target=args.target,
+                          cache_dir=args.cache_dir, **options)
+        if trainer.transfer_report is not None:
+            print(trainer.transfer_report)
+    epochs = None if args.epochs is None else max(0, args.epochs - trainer.epoch)
+    history = trainer.fit(args.data, epochs=epochs, steps=args.steps, progress=not args.quiet,
+                          checkpoint=args.checkpoint, metrics=args.metrics, plot=args.plot,
+                          validation=args.validation)
+    if history and args.quiet:
+        from .runtime.trainer import format_record
+        print(format_record(history[-1]))
+    if args.save:
+        trainer.net.save_weights(args.save)
+        print(f"weights: {args.save}")
+    return 0
+
+
 def print_tuning_report(path: str) -> int:
     from pathlib import Path
 
@@ -210,6 +247,37 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--report", metavar="DB", default=None,
                    help="summarise the records of a tuning database and exit")
     t.set_defaults(run=cmd_tune)
+    r = sub.add_parser("train", help="train a spec on generated kernels: progress, "
+                                     "validation, checkpoints, metrics")
+    r.add_argument("spec", nargs="?", help="a .yaml/.json spec file, or zoo:NAME "
+                                           "(not needed with --resume)")
+    r.add_argument("--data", required=True,
+                   help="digits, mnist1d, an .npz (x_train, y_train, x_test, y_test)")
+    r.add_argument("--epochs", type=int, default=None,
+                   help="train until this many epochs in all (with --resume: the total)")
+    r.add_argument("--steps", type=int, default=None, help="stop after this many steps in all")
+    r.add_argument("--batch-size", type=int, default=64, help="mini-batch size (64)")
+    r.add_argument("--optimizer", default="adam", help="sgd, momentum, nesterov, adam, adamw")
+    r.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
+    r.add_argument("--schedule", default=None,
+                   help="learning-rate schedule: step, cosine (with warm-up: cosine+warmup=100)")
+    r.add_argument("--seed", type=int, default=0, help="seed of weights, order, dropout (0)")
+    r.add_argument("--augment", default=None, help="e.g. flip_h,crop=4,rotate=10")
+    r.add_argument("--validation", type=float, default=0.0,
+                   help="fraction of the training set held out for validation (0: the test set)")
+    r.add_argument("--weights", default=None,
+                   help="start from these weights (.npz), matched by layer name")
+    r.add_argument("--freeze", default=None, help="layers to keep fixed: glob patterns, a,b")
+    r.add_argument("--checkpoint", default=None, help="directory for last.ckpt, after each epoch")
+    r.add_argument("--resume", action="store_true", help="go on from --checkpoint DIR/last.ckpt")
+    r.add_argument("--metrics", default=None, help="write the history here (.csv or .json)")
+    r.add_argument("--plot", default=None, help="write a PNG of the curves here (matplotlib)")
+    r.add_argument("--save", default=None, help="write the trained weights here (.npz)")
+    r.add_argument("--target", default="cpu", help="cpu (the host), cpu-avx2 or cpu-sse")
+    r.add_argument("--cache-dir", default=None, type=directory,
+                   help="kernel cache (default: $CNNGEN_CACHE_DIR or ~/.cache/cnngen)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(run=cmd_train)
     z = sub.add_parser("zoo", help="list the built-in architectures")
     z.set_defaults(run=cmd_zoo)
     return p

@@ -273,3 +273,21 @@ def loss(graph: Graph, run: TorchRun, target: np.ndarray) -> torch.Tensor:
         value = value + 0.5 * spec_loss.l2 * sum(
             (ps["w"] ** 2).sum() for ps in run.params.values() if "w" in ps)
     return value
+
+
+def train_step(graph: Graph, weights, x: np.ndarray, y: np.ndarray,
+               lr: float = 1e-3) -> Callable[[], float]:
+    """PyTorch eager float32 training of ``graph`` on one batch: each call runs forward,
+    the spec's loss, backward and ``torch.optim.Adam``'s step, and returns the loss."""
+    params, state = leaves(weights, torch.float32)
+    optimizer = torch.optim.Adam([p for ps in params.values() for p in ps.values()], lr=lr)
+    inputs = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+    def step() -> float:
+        run = forward(TorchRun(graph, inputs, params, state, True, {}))
+        value = loss(graph, run, y)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        return float(value)
+    return step

@@ -130,10 +130,10 @@ class GradLowering:
 
 
 def _registry():
-    from . import conv, dense, elementwise, pool
+    from . import conv, dense, dense_grad, elementwise, pool
     lower, halo, space, train, backward = {}, {}, {}, {}, {}
-    for module in (conv, pool, elementwise, dense):
-        lower.update(module.LOWER)
+    for module in (conv, pool, elementwise, dense, dense_grad):
+        lower.update(getattr(module, "LOWER", {}))
         halo.update(getattr(module, "HALO", {}))
         space.update(getattr(module, "SPACE", {}))
         train.update(getattr(module, "TRAIN", {}))

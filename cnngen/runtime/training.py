@@ -1,0 +1,217 @@
+"""A training step at one batch size: forward in training mode, loss, backward, all kernels.
+
+    plan = TrainPlan(graph, n_batch, target, cache, params, frozen)
+    plan.run(x, labels)            # forward, loss and every gradient into params.grads
+    plan.loss(), plan.correct()    # the batch's mean loss (without L2), and its hits
+
+The forward lowers the unfused graph with each op's training-mode lowering where it has one
+(``TRAIN``: batch statistics, dropout masks, max-pool switches), else its inference one;
+every activation stays in its own buffer for the backward. The backward follows
+``passes.autodiff``: each layer's ``BACKWARD`` lowering, and an add kernel where several
+readers' gradient contributions meet. Parameter gradients land in ``params.grads`` (PyTorch
+layouts); after the optimizer changes ``params.flat``, ``repack()`` refreshes the packed
+copies the kernels read.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..codegen.cache import KernelCache
+from ..codegen.cpu import BACKWARD, LOWER, TRAIN, GradLowering, Lowering, grad_name
+from ..codegen.cpu.edges import to_blocked
+from ..codegen.cpu.loss import LOSS, LossLowering, target_layout
+from ..codegen.kernel import Buffer, Call, Const, ParamGrad
+from ..codegen.layout import Blocked, Flat
+from ..codegen.parallel import MAX_ARGS
+from ..errors import InputError
+from ..ir import Graph, Node
+from ..passes import verify
+from ..passes.autodiff import differentiate
+from ..target import Target
+from .parameters import Parameters
+from .plan import UNUSED, Step, check_fits, plan_layouts, worth_parallel
+
+LOSS_VALUES, LOSS_CORRECT, LOSS_TARGET = "loss:values", "loss:correct", "loss:target"
+
+
+def sum_node(tensor: str, graph: Graph, parts: list[str]) -> Node:
+    """An add node that sums the gradient contributions ``parts`` of ``tensor``."""
+    t = graph.type_of(tensor)
+    return Node(grad_name(tensor), "add", tuple(parts), {"activation": "identity"},
+                (t,) * len(parts), t, {}, {}, 0)
+
+
+def check_supported(graph: Graph, nodes, ops: dict, what: str) -> None:
+    """InputError naming every layer whose op has no ``what`` lowering in ``ops``."""
+    missing = [f"{n.name} ({n.op})" for n in nodes if n.op not in ops]
+    if missing:
+        raise InputError(f"network {graph.name!r}: cnngen has no generated {what} for "
+                         f"{', '.join(missing)}.")
+
+
+class TrainPlan:
+    def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
+                 params: Parameters, frozen: set[str] = frozenset()):
+        verify(graph)
+        if graph.loss is None:
+            raise InputError(f"network {graph.name!r} has no loss; add 'loss: {{op: "
+                             f"softmax_cross_entropy}}' or 'loss: {{op: mse}}' to train it.")
+        self.graph, self.n_batch, self.target, self.params = graph, n_batch, target, params
+        v = target.vector
+        self.backward = differentiate(graph, frozen)
+        check_supported(graph, graph.nodes, {**LOWER, **TRAIN}, "training forward")
+        check_supported(graph, [s.node for s in self.backward.steps], BACKWARD, "backward")
+        self.layouts: dict[str, Blocked | Flat] = dict(plan_layouts(graph, v))
+        out = graph.output
+        self.calls: list[Call] = [to_blocked(graph.input_name, self.layouts[graph.input_name], n_batch)]
+        for node in graph.nodes:
+            low = Lowering(node, tuple(self.layouts[i] for i in node.inputs), self.layouts[node.name],
+                           n_batch, target, None, tuple(self.layouts[r] for r in node.refs),
+                           self.layouts)
+            self.calls += TRAIN.get(node.op, LOWER[node.op])(low)
+        self.n_forward = len(self.calls)
+        self.layouts[LOSS_TARGET] = target_layout(graph.loss.op, out.out, v)
+        self.layouts[grad_name(out.name)] = Blocked.of(out.out, v)
+        self.layouts[LOSS_VALUES] = self.layouts[LOSS_CORRECT] = Flat(1, per_sample=True)
+        self.calls += LOSS[graph.loss.op](LossLowering(graph.loss.op, out.name, self.layouts[out.name],
+                                                        n_batch, target,
+                                                        d_out=self.layouts[grad_name(out.name)]))
+        self.n_scored = len(self.calls)         # forward and loss; the backward follows
+        self.aliases: dict[str, str] = {}
+        for step in self.backward.steps:
+            node = step.node
+            self.calls += self._gather(node.name)
+            d_ins = tuple(Blocked.of(graph.type_of(i), v) if wanted else None
+                          for i, wanted in zip(node.inputs, step.input_grads))
+            for i, d in enumerate(d_ins):
+                if d is not None:
+                    self.layouts[f"{node.name}:grad_in{i}"] = d
+            g = GradLowering(node, tuple(self.layouts[i] for i in node.inputs), self.layouts[node.name],
+                             self.layouts[grad_name(node.name)], d_ins, step.weight_grads, n_batch,
+                             target, None, tuple(self.layouts[r] for r in node.refs), self.layouts)
+            self.calls += BACKWARD[node.op](g)
+        self._allocate()
+
+    def _gather(self, tensor: str) -> list[Call]:
+        """Make ``grad_name(tensor)`` hold the sum of its readers' contributions (an alias
+        of the only one, a kernel adding several, or zeros where none reaches it)."""
+        name = grad_name(tensor)
+        if name in self.layouts:          # the network output: the loss writes it
+            return []
+        parts = [f"{reader}:grad_in{i}" for reader, i in self.backward.sums[tensor]]
+        layout = Blocked.of(self.graph.type_of(tensor), self.target.vector)
+        self.layouts[name] = layout
+        if len(parts) == 1:
+            self.aliases[name] = parts[0]
+            return []
+        if not parts:
+            return []
+        node = sum_node(tensor, self.graph, parts)
+        return LOWER["add"](Lowering(node, (layout,) * len(parts), layout, self.n_batch, self.target))
+
+    def _allocate(self) -> None:
+        n = self.n_batch
+        names = {a.name for c in self.calls for a in c.args if isinstance(a, Buffer)}
+        own = {name for name in names if name not in self.aliases}
+        edge = f"{self.graph.input_name}:nchw"
+        own.discard(edge)
+        sizes = {name: self.layouts[name].size(n) for name in own}
+        check_fits(self.graph, n, 4 * (sum(sizes.values()) + n * self.graph.input.size))
+        self.buffers = {name: np.zeros(size, np.float32) for name, size in sizes.items()}
+        self.buffers[edge] = np.zeros(n * self.graph.input.size, np.float32)
+        for alias, name in self.aliases.items():
+            self.buffers[alias] = self.buffers[name]
+        self.consts: dict[Const, np.ndarray] = {}
+        self.repack()
+        self.steps: list[Step] = []
+
+    def compile(self, cache: KernelCache) -> None:
+        """Load (compile, or read from the cache) every kernel and bind the steps."""
+        kernels = cache.load_all([(c.kernel.name(self.target), c.kernel.source(self.target))
+                                  for c in self.calls], self.target)
+        self.steps = []
+        for call, kernel in zip(self.calls, kernels):
+            tasks = kernel.task_count(self.n_batch)
+            args = [self._arg(a) for a in call.args]
+            args += [UNUSED] * (MAX_ARGS - len(args))
+            self.steps.append(Step(call, kernel, args, self.n_batch, tasks,
+                                   worth_parallel(call, tasks, self.target.cores)))
+
+    def _arg(self, arg) -> np.ndarray:
+        if isinstance(arg, Const):
+            return self.consts[arg]
+        if isinstance(arg, ParamGrad):
+            return self.params.grad_views[arg.layer][arg.param]
+        return self.buffers[arg.name]
+
+    def repack(self, layers: set[str] | None = None) -> None:
+        """Refresh the packed constants of ``layers`` (default: all) from the parameters."""
+        for call in self.calls:
+            for arg in call.args:
+                if isinstance(arg, Const) and (layers is None or arg.layer in layers):
+                    packed = np.ascontiguousarray(arg.pack(self.params.layer(arg.layer)), np.float32)
+                    if arg in self.consts:
+                        self.consts[arg][...] = packed
+                    else:
+                        self.consts[arg] = packed
+
+    def run(self, x: np.ndarray, labels: np.ndarray, backward: bool = True) -> None:
+        """Forward, loss and (if ``backward``) backward on the checked float32 batch ``x``
+        and its targets."""
+        self.buffers[LOSS_TARGET][...] = np.asarray(labels, np.float32).reshape(-1) \
+            if isinstance(self.layouts[LOSS_TARGET], Flat) else self._blocked_target(labels)
+        first, *rest = self.steps if backward else self.steps[:self.n_scored]
+        first.run_on(0, x.reshape(-1))
+        for step in rest:
+            step()
+
+    def _blocked_target(self, y: np.ndarray) -> np.ndarray:
+        layout = self.layouts[LOSS_TARGET]
+        buffer = np.zeros(layout.size(self.n_batch), np.float32)
+        padded = np.zeros((self.n_batch, layout.blocks * layout.vector, layout.height, layout.width),
+                          np.float32)
+        padded[:, :layout.channels] = y.reshape(self.n_batch, layout.channels, layout.height,
+                                                layout.width)
+        layout.interior(buffer, self.n_batch)[...] = padded.reshape(
+            self.n_batch, layout.blocks, layout.vector, layout.height, layout.width
+        ).transpose(0, 1, 3, 4, 2)
+        return buffer
+
+    def set_dropout_seeds(self, seed: int, step: int) -> None:
+        """Draw this step's dropout masks from (seed, step, layer)."""
+        for node in self.graph.nodes:
+            if node.op == "dropout":
+                raise NotImplementedError
+
+    def update_running_stats(self) -> None:
+        """Move each batch norm's running statistics toward this batch's."""
+        for node in self.graph.nodes:
+            if node.op == "batchnorm":
+                raise NotImplementedError
+
+    def loss(self) -> float:
+        """The last batch's loss (mean over the batch, without the L2 term)."""
+        return float(np.mean(self.buffers[LOSS_VALUES][:self.n_batch], dtype=np.float64))
+
+    def correct(self) -> int:
+        """How many of the last batch's samples were classified right (0 for MSE)."""
+        hits = self.buffers.get(LOSS_CORRECT)
+        return 0 if hits is None else int(round(float(hits.sum(dtype=np.float64))))
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A forward activation or gradient buffer of the last run, as (N, C, ...)."""
+        return self.layouts[name].to_nchw(self.buffers[name], self.n_batch)
+
+    def first_non_finite(self) -> str | None:
+        """The first layer, in run order, whose output or gradient holds a NaN or an Inf."""
+        for node in self.graph.nodes:
+            if not np.isfinite(self.tensor(node.name)).all():
+                return f"layer {node.name!r} ({node.op}): its output"
+        for step in self.backward.steps:
+            name = grad_name(step.node.name)
+            if name in self.buffers and not np.isfinite(self.tensor(name)).all():
+                return f"layer {step.node.name!r} ({step.node.op}): the gradient of its output"
+            for param, grad in self.params.grad_views.get(step.node.name, {}).items():
+                if not np.isfinite(grad).all():
+                    return f"layer {step.node.name!r} ({step.node.op}): the gradient of {param}"
+        return None
