@@ -10,7 +10,7 @@ by several (a residual shortcut, inception branches) sums their contributions fi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..ir import Graph, Node
 
@@ -40,6 +40,29 @@ class Backward:
     @property
     def needs_grad(self) -> set[str]:
         return set(self.sums)
+
+
+# Activations whose derivative needs their input: a layer that fuses one cannot take its
+# gradient from its own output, so training runs it as a separate layer.
+INPUT_DERIVATIVE = ("swish", "silu", "hardswish")
+
+
+def split_activations(graph: Graph) -> Graph:
+    """A conv or dense layer with a fused activation whose derivative reads the activation's
+    input becomes the layer plus an activation layer ``<layer>:act`` that its readers read."""
+    nodes, renamed = [], {}
+    for node in graph.nodes:
+        node = replace(node, inputs=tuple(renamed.get(i, i) for i in node.inputs))
+        act = node.attrs.get("activation")
+        if act in INPUT_DERIVATIVE and node.op != "add":
+            linear = replace(node, attrs={**node.attrs, "activation": "identity"})
+            act_node = Node(f"{node.name}:act", act, (node.name,), {}, (node.out,), node.out,
+                            {}, {}, 0)
+            nodes += [linear, act_node]
+            renamed[node.name] = act_node.name
+        else:
+            nodes.append(node)
+    return replace(graph, nodes=tuple(nodes))
 
 
 def trainable(node: Node, frozen: set[str]) -> bool:

@@ -14,10 +14,14 @@ copies the kernels read.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..codegen.cache import KernelCache
-from ..codegen.cpu import BACKWARD, LOWER, TRAIN, GradLowering, Lowering, grad_name
+from ..codegen.cpu import BACKWARD, LEAKY_ALPHA, LOWER, TRAIN, GradLowering, Lowering, grad_name
+from ..codegen.cpu.elementwise_grad import activation_grad
+from ..codegen.cpu.norm_grad import step_seed, update_running_stats, values_per_channel
 from ..codegen.cpu.edges import to_blocked
 from ..codegen.cpu.loss import LOSS, LossLowering, target_layout
 from ..codegen.kernel import Buffer, Call, Const, ParamGrad
@@ -26,7 +30,7 @@ from ..codegen.parallel import MAX_ARGS
 from ..errors import InputError
 from ..ir import Graph, Node
 from ..passes import verify
-from ..passes.autodiff import differentiate
+from ..passes.autodiff import differentiate, split_activations
 from ..target import Target
 from .parameters import Parameters
 from .plan import UNUSED, Step, check_fits, plan_layouts, worth_parallel
@@ -49,9 +53,24 @@ def check_supported(graph: Graph, nodes, ops: dict, what: str) -> None:
                          f"{', '.join(missing)}.")
 
 
+def backward_calls(g: GradLowering) -> list[Call]:
+    """The backward of ``g.node``; a fused activation's derivative (from the layer's output,
+    which ``split_activations`` guarantees) is applied to dY in place first."""
+    node = g.node
+    act = node.attrs.get("activation", "identity")
+    if node.op == "add" or act == "identity":
+        return BACKWARD[node.op](g)
+    derivative = activation_grad(node.name, act, (g.grad_output, g.d_out), (g.output, g.out),
+                                 [(g.grad_output, g.d_out)], g.n_batch,
+                                 node.attrs.get("alpha", LEAKY_ALPHA))
+    g.node = replace(node, attrs={**node.attrs, "activation": "identity"})
+    return [derivative, *BACKWARD[node.op](g)]
+
+
 class TrainPlan:
     def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
                  params: Parameters, frozen: set[str] = frozenset()):
+        graph = split_activations(graph)
         verify(graph)
         if graph.loss is None:
             raise InputError(f"network {graph.name!r} has no loss; add 'loss: {{op: "
@@ -89,7 +108,7 @@ class TrainPlan:
             g = GradLowering(node, tuple(self.layouts[i] for i in node.inputs), self.layouts[node.name],
                              self.layouts[grad_name(node.name)], d_ins, step.weight_grads, n_batch,
                              target, None, tuple(self.layouts[r] for r in node.refs), self.layouts)
-            self.calls += BACKWARD[node.op](g)
+            self.calls += backward_calls(g)
         self._allocate()
 
     def _gather(self, tensor: str) -> list[Call]:
@@ -178,16 +197,20 @@ class TrainPlan:
         return buffer
 
     def set_dropout_seeds(self, seed: int, step: int) -> None:
-        """Draw this step's dropout masks from (seed, step, layer)."""
+        """Draw this step's dropout masks from (seed, step); each layer salts its own."""
         for node in self.graph.nodes:
             if node.op == "dropout":
-                raise NotImplementedError
+                self.buffers[f"{node.name}:seed"][...] = step_seed(seed, step)
 
     def update_running_stats(self) -> None:
-        """Move each batch norm's running statistics toward this batch's."""
+        """Move each batch norm's running statistics toward this batch's (PyTorch's rule)."""
         for node in self.graph.nodes:
             if node.op == "batchnorm":
-                raise NotImplementedError
+                update_running_stats(self.params.fixed[node.name],
+                                     self.buffers[f"{node.name}:mean"],
+                                     self.buffers[f"{node.name}:var"],
+                                     values_per_channel(self.layouts[node.inputs[0]], self.n_batch),
+                                     node.attrs["momentum"])
 
     def loss(self) -> float:
         """The last batch's loss (mean over the batch, without the L2 term)."""

@@ -20,7 +20,7 @@ from ...ir import Node
 from ...schedule import Schedule
 from ...target import Target
 from ..kernel import Buffer, ParamGrad
-from ..layout import Blocked
+from ..layout import Blocked, Flat
 from ..vecmath import ACTIVATIONS
 
 LEAKY_ALPHA = 0.01
@@ -40,7 +40,7 @@ class Lowering:
     target: Target
     schedule: Schedule | None = None
     refs: tuple[Blocked, ...] = ()
-    temps: dict[str, Blocked] = field(default_factory=dict)
+    temps: dict[str, Blocked | Flat] = field(default_factory=dict)
     avoid: frozenset[Schedule] = frozenset()     # heuristic schedules whose kernels spilled
 
     def heuristic(self, ranked: list[Schedule]) -> Schedule:
@@ -48,7 +48,7 @@ class Lowering:
         one when all are."""
         return next((s for s in ranked if s not in self.avoid), ranked[-1])
 
-    def temp(self, what: str, layout: Blocked) -> Buffer:
+    def temp(self, what: str, layout: Blocked | Flat) -> Buffer:
         """A zero-initialised scratch buffer owned by this layer."""
         name = f"{self.node.name}:{what}"
         self.temps[name] = layout
@@ -93,9 +93,9 @@ class GradLowering:
     target: Target
     schedule: Schedule | None = None
     refs: tuple[Blocked, ...] = ()
-    temps: dict[str, Blocked] = field(default_factory=dict)
+    temps: dict[str, Blocked | Flat] = field(default_factory=dict)
 
-    def temp(self, what: str, layout: Blocked) -> Buffer:
+    def temp(self, what: str, layout: Blocked | Flat) -> Buffer:
         """A zero-initialised scratch buffer owned by this layer's backward."""
         name = f"{self.node.name}:{what}"
         self.temps[name] = layout
@@ -130,9 +130,11 @@ class GradLowering:
 
 
 def _registry():
-    from . import conv, dense, dense_grad, elementwise, pool
+    from . import (conv, dense, dense_grad, elementwise, elementwise_grad, norm_grad, pool,
+                   pool_grad)
     lower, halo, space, train, backward = {}, {}, {}, {}, {}
-    for module in (conv, pool, elementwise, dense, dense_grad):
+    for module in (conv, pool, elementwise, dense, dense_grad, pool_grad, elementwise_grad,
+                   norm_grad):
         lower.update(getattr(module, "LOWER", {}))
         halo.update(getattr(module, "HALO", {}))
         space.update(getattr(module, "SPACE", {}))

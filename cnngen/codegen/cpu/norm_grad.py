@@ -1,0 +1,215 @@
+"""Training lowerings of batch norm and dropout (the ops of ``ops/norm.py``).
+
+batchnorm, training forward: three calls.
+  1. ``batchnorm_stats_train``, a task per (image, channel block): the image's per-channel
+     mean and sum of squared deviations from it (two passes over the plane, in cache),
+     into ``<layer>:partials``.
+  2. ``batchnorm_finalize_train``, a task per channel block: Chan et al.'s combination of
+     the images' (mean, M2) in float64, two passes over the partials; writes the batch
+     mean and biased variance (``<layer>:mean``, ``<layer>:var``) and the normalisation as
+     ``<layer>:scale`` and ``<layer>:shift``.
+  3. ``scale_shift`` (the inference kernel): y = scale*x + shift.
+  No step subtracts two large sums (no one-pass sum of squares), so the variance keeps
+  its digits when the mean is large against the spread.
+batchnorm, backward: three calls.
+  1. ``batchnorm_stats_grad`` per (image, channel block): sums of dy and dy*(x - mean).
+  2. ``batchnorm_finalize_grad`` per channel block: dgamma, dbeta (into the parameter
+     gradients) and the coefficients of dx = A*dy + B*(x - mean) + C0.
+  3. ``batchnorm_grad`` per (image, channel block, row): dx.
+dropout, training forward and backward: ``dropout_train``, x (or dy) times a keep mask that
+the kernel draws from a counter-based hash of (seed, layer salt, NCHW index); the backward
+recomputes the forward's mask from the same seed instead of storing it, which saves an
+activation-sized buffer write and read per step for a few integer operations per element
+(``dropout_mask`` is the same mask in numpy).
+
+Buffers a trainer provides or reads (all ``Flat`` float32):
+  ``<layer>:seed`` (dropout, 2 floats): seed_lo, seed_hi, integers in [0, 2**24) (float32
+      holds them exactly): the 48-bit seed seed_lo + seed_hi*2**24. Refill it before each
+      training forward (``step_seed(run_seed, step)``, or ``encode_seed``) and leave it until
+      that step's backward has run. Every dropout layer may get the same value: the kernel
+      mixes in a salt of the layer's name.
+  ``<layer>:mean``, ``<layer>:var`` (batchnorm, blocks*V floats; channel c at index c): the
+      batch mean and biased variance the forward computed; ``update_running_stats`` folds
+      them into running_mean and running_var.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from ..kernel import Call, Const, spec
+from ..layout import Blocked, Flat
+from . import GradLowering, Lowering
+from .elementwise import padded
+
+SEED_FLOATS = 2
+SEED_BITS = 24                  # per float: float32 holds every integer below 2**24
+
+
+# ---- batch norm -----------------------------------------------------------------------------
+
+def gamma_beta(c: int, vector: int):
+    """Pack (gamma | beta), each padded to whole blocks with 0."""
+    return lambda p: np.concatenate([padded(p["gamma"], c, vector), padded(p["beta"], c, vector)])
+
+
+def stat_layouts(x: Blocked) -> dict[str, Flat]:
+    """The batch norm's temps: per-image partials, then per-channel vectors (blocks*V)."""
+    lanes = x.blocks * x.vector
+    return {"partials": Flat(2 * lanes, per_sample=True), "mean": Flat(lanes),
+            "var": Flat(lanes), "scale": Flat(lanes), "shift": Flat(lanes)}
+
+
+def lower_batchnorm_train(low: Lowering) -> list[Call]:
+    node, x, out, n = low.node, low.ins[0], low.out, low.n_batch
+    v, name, c = x.vector, node.name, x.channels
+    temps = {what: low.temp(what, layout) for what, layout in stat_layouts(x).items()}
+    pixels = n * x.blocks * v * x.height * x.width
+    stats = spec("batchnorm_stats_train", ("batchnorm", "stats"), f"nchw{v}c", flops=3 * pixels,
+                 bytes=8 * pixels, blocks=x.blocks, height=x.height, width=x.width,
+                 **x.strides("x"))
+    finalize = spec("batchnorm_finalize_train", ("batchnorm", "finalize"), f"nchw{v}c",
+                    bytes=4 * 2 * n * x.blocks * v, blocks=x.blocks, channels=c,
+                    plane=x.height * x.width, eps=float(node.attrs["eps"]))
+    normalise = spec("scale_shift", ("batchnorm", "train"), f"nchw{v}c", flops=2 * pixels,
+                     bytes=8 * pixels, activation="identity", alpha=0.0, blocks=out.blocks,
+                     height=out.height, width=out.width, **x.strides("x"), **out.strides("out"))
+    return [
+        Call(name, stats, (low.inputs[0], temps["partials"])),
+        Call(name, finalize, (temps["partials"], Const(name, "gamma_beta", gamma_beta(c, v)),
+                              temps["mean"], temps["var"], temps["scale"], temps["shift"])),
+        Call(name, normalise, (low.inputs[0], temps["scale"], temps["shift"], low.output)),
+    ]
+
+
+def batchnorm_backward(g: GradLowering) -> list[Call]:
+    if g.d_ins[0] is None and not g.weight_grads:
+        return []
+    node, x, dy, n = g.node, g.ins[0], g.d_out, g.n_batch
+    v, name, c = x.vector, node.name, x.channels
+    lanes = x.blocks * v
+    partials = g.temp("grad_partials", Flat(2 * lanes, per_sample=True))
+    coef = g.temp("grad_coef", Flat(3 * lanes))
+    pixels = n * lanes * x.height * x.width
+    stats = spec("batchnorm_stats_grad", ("batchnorm", "stats", "grad"), f"nchw{v}c",
+                 flops=4 * pixels, bytes=8 * pixels, blocks=x.blocks, height=x.height,
+                 width=x.width, **x.strides("x"), **dy.strides("dy"))
+    finalize = spec("batchnorm_finalize_grad", ("batchnorm", "finalize", "grad"),
+                    f"nchw{v}c", bytes=4 * 2 * n * lanes, blocks=x.blocks, channels=c,
+                    plane=x.height * x.width, eps=float(node.attrs["eps"]),
+                    weight_grads=g.weight_grads)
+    calls = [Call(name, stats, (g.inputs[0], g.grad_output, g.saved("mean"), partials))]
+    finalize_args = (partials, g.saved("var"), Const(name, "gamma_beta", gamma_beta(c, v)), coef)
+    if g.weight_grads:
+        finalize_args += (g.param_grad("gamma"), g.param_grad("beta"))
+    calls.append(Call(name, finalize, finalize_args))
+    dx = g.d_ins[0]
+    if dx is not None:
+        kernel = spec("batchnorm_grad", ("batchnorm", "grad"), f"nchw{v}c", flops=4 * pixels,
+                      bytes=12 * pixels, blocks=x.blocks, height=x.height, width=x.width,
+                      **x.strides("x"), **dy.strides("dy"), **dx.strides("dx"))
+        calls.append(Call(name, kernel, (g.inputs[0], g.grad_output, g.saved("mean"), coef,
+                                         g.grad_input(0))))
+    return calls
+
+
+def update_running_stats(params: dict, mean, var, n: int, momentum: float) -> None:
+    """Fold one training batch's statistics into ``params`` (running_mean, running_var),
+    in place, PyTorch's way:
+
+        running_mean <- (1 - momentum)*running_mean + momentum*mean
+        running_var  <- (1 - momentum)*running_var  + momentum*var*n/(n - 1)
+
+    ``mean`` and ``var`` are the ``<layer>:mean`` and ``<layer>:var`` buffers (biased
+    variance; channel c at index c, extra pad entries ignored); ``n`` is the number of
+    values per channel in the batch, N*H*W (``values_per_channel``)."""
+    c = len(params["running_mean"])
+    mean = np.asarray(mean, np.float64)[:c]
+    unbiased = np.asarray(var, np.float64)[:c] * n / max(n - 1, 1)
+    for key, batch in (("running_mean", mean), ("running_var", unbiased)):
+        old = np.asarray(params[key])
+        params[key][...] = ((1.0 - momentum) * old + momentum * batch).astype(old.dtype)
+
+
+def values_per_channel(x: Blocked, n_batch: int) -> int:
+    """The count a batch norm's statistics average over: N*H*W."""
+    return n_batch * x.height * x.width
+
+
+# ---- dropout --------------------------------------------------------------------------------
+
+LOW32 = 0xFFFFFFFF
+
+
+def salt(layer: str) -> int:
+    """The layer's 32-bit salt in the mask hash: layers with one seed draw different masks."""
+    return zlib.crc32(layer.encode())
+
+
+def encode_seed(seed: int) -> np.ndarray:
+    """A 48-bit seed as the ``<layer>:seed`` buffer's two float32 integers (lo, hi)."""
+    seed = int(seed) % (1 << 2 * SEED_BITS)
+    low = (1 << SEED_BITS) - 1
+    return np.array([seed & low, seed >> SEED_BITS], np.float32)
+
+
+def step_seed(run_seed: int, step: int) -> np.ndarray:
+    """The ``<layer>:seed`` buffer for training step ``step`` of a run seeded ``run_seed``:
+    (run_seed mod 2**24, step mod 2**24) as (hi, lo), so no two steps of a run (below 2**24
+    steps) and no two runs share a mask, and a resumed run draws the masks it would have."""
+    low = (1 << SEED_BITS) - 1
+    return encode_seed(((int(run_seed) & low) << SEED_BITS) | (int(step) & low))
+
+
+def mix32(v: np.ndarray) -> np.ndarray:
+    """lowbias32 on uint64 arrays holding 32-bit values (the kernel's ``mix``)."""
+    v = v ^ (v >> np.uint64(16))
+    v = (v * np.uint64(0x7FEB352D)) & np.uint64(LOW32)
+    v = v ^ (v >> np.uint64(15))
+    v = (v * np.uint64(0x846CA68B)) & np.uint64(LOW32)
+    return v ^ (v >> np.uint64(16))
+
+
+def keep_threshold(rate: float) -> int:
+    return int(round((1.0 - rate) * (1 << 24)))
+
+
+def dropout_mask(seed: int, layer: str, shape, rate: float) -> np.ndarray:
+    """The keep mask (bool, NCHW ``shape``) that ``dropout_train`` draws for ``seed``."""
+    lo, hi = (int(s) for s in encode_seed(seed))
+    key = mix32((mix32(np.uint64(hi) ^ np.uint64(salt(layer))) + np.uint64(lo))
+                & np.uint64(LOW32))
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64) & np.uint64(LOW32)
+    bits = mix32((mix32(index ^ key) + key) & np.uint64(LOW32))
+    return ((bits >> np.uint64(8)) < np.uint64(keep_threshold(rate))).reshape(shape)
+
+
+def dropout_call(node, x: Blocked, out: Blocked, source, seed, target, n_batch: int) -> Call:
+    """x (or dy) times the mask and scale; the same kernel forward and backward."""
+    rate, v = node.attrs["rate"], x.vector
+    scale = 1.0 / (1.0 - rate) if node.attrs["mode"] == "inverted" else 1.0
+    kernel = spec("dropout_train", ("dropout", "train"), f"nchw{v}c",
+                  flops=n_batch * out.blocks * v * out.height * out.width,
+                  bytes=4 * (x.size(n_batch) + out.size(n_batch)), blocks=out.blocks,
+                  channels=out.channels, height=out.height, width=out.width,
+                  salt=salt(node.name), keep=keep_threshold(rate), scale=float(scale),
+                  **x.strides("x"), **out.strides("out"))
+    return Call(node.name, kernel, (source, seed, target))
+
+
+def lower_dropout_train(low: Lowering) -> list[Call]:
+    seed = low.temp("seed", Flat(SEED_FLOATS))
+    return [dropout_call(low.node, low.ins[0], low.out, low.inputs[0], seed, low.output,
+                         low.n_batch)]
+
+
+def dropout_backward(g: GradLowering) -> list[Call]:
+    if g.d_ins[0] is None:
+        return []
+    return [dropout_call(g.node, g.d_out, g.d_ins[0], g.grad_output, g.saved("seed"),
+                         g.grad_input(0), g.n_batch)]
+
+
+TRAIN = {"batchnorm": lower_batchnorm_train, "dropout": lower_dropout_train}
+BACKWARD = {"batchnorm": batchnorm_backward, "dropout": dropout_backward}
