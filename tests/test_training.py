@@ -1,0 +1,194 @@
+"""Training plans against the float64 reference: loss and every gradient of whole networks.
+
+A TrainPlan runs forward in training mode, the loss and the backward on generated kernels;
+the reference executor does the same in float64 with the same weights (and the same
+dropout masks). Both SIMD widths.
+"""
+import numpy as np
+import pytest
+
+import cnngen
+from cnngen import target as targets
+from cnngen.codegen.cache import KernelCache
+from cnngen.errors import InputError
+from cnngen.passes.autodiff import differentiate
+from cnngen.runtime.parameters import Parameters
+from cnngen.runtime.training import TrainPlan
+from cnngen.spec import build_graph
+from .test_cpu_ops import TARGETS
+
+
+def net(name, shape, layers, loss="softmax_cross_entropy", l2=0.0):
+    return {"cnngen": 1, "name": name, "input": {"shape": list(shape)}, "layers": layers,
+            "loss": {"op": loss, "l2": l2}}
+
+
+def conv(name, filters, kernel, **kw):
+    return {"name": name, "op": kw.pop("op", "conv2d"), "filters": filters, "kernel": kernel, **kw}
+
+
+NETS = {
+    "softmax_regression": net("softmax_regression", (33,), [
+        {"name": "out", "op": "dense", "units": 10}], l2=1e-3),
+    "mlp_mse": net("mlp_mse", (17,), [
+        {"name": "f1", "op": "dense", "units": 20},
+        {"name": "out", "op": "dense", "units": 3}], loss="mse"),
+    "lenet5": cnngen.zoo.lenet5(),
+    "mnist1d_cnn": cnngen.zoo.mnist1d_cnn(),
+    "cnn_odd": net("cnn_odd", (3, 11, 9), [
+        conv("c1", 6, 3, padding=1, activation="relu"),
+        {"name": "p1", "op": "maxpool2d", "size": 2},
+        conv("c2", 17, 3, stride=2, padding="same", activation="tanh"),
+        {"name": "flat", "op": "flatten"},
+        {"name": "out", "op": "dense", "units": 5}], l2=1e-2),
+    "conv1d_regression": net("conv1d_regression", (2, 23), [
+        conv("c1", 8, 5, op="conv1d", padding=2, activation="relu"),
+        conv("c2", 4, 3, op="conv1d", stride=2, dilation=2, activation="leaky_relu"),
+        {"name": "flat", "op": "flatten"},
+        {"name": "out", "op": "dense", "units": 2}], loss="mse"),
+}
+
+
+def labels_for(graph, batch, rng):
+    if graph.loss.op == "mse":
+        return rng.standard_normal((batch, *graph.output.out.shape))
+    return rng.integers(0, graph.output.out.channels, size=batch)
+
+
+def run_both(spec, batch, target, cache_dir, frozen=frozenset(), seed=0):
+    graph = build_graph(spec)
+    rng = np.random.default_rng(seed)
+    ref = cnngen.ReferenceExecutor(spec, seed=seed)
+    params = Parameters(graph, ref.weights, frozen)
+    t = targets.resolve(target)
+    plan = TrainPlan(graph, batch, t, KernelCache(cache_dir), params, frozen)
+    plan.compile(KernelCache(cache_dir))
+    x = rng.standard_normal((batch, *graph.input.shape)).astype(np.float32)
+    y = labels_for(graph, batch, rng)
+    plan.run(x, y)
+    expected_loss, grads, _ = ref.loss_and_grads(x.astype(np.float64), y)
+    return graph, ref, params, plan, expected_loss, grads
+
+
+def l2_term(ref):
+    return 0.5 * ref.graph.loss.l2 * sum(float(np.sum(w * w)) for w in ref.decayed())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", NETS)
+def test_loss_and_every_gradient_match_the_reference(name, target, kernel_cache):
+    graph, ref, params, plan, expected, grads = run_both(NETS[name], 3, target, kernel_cache)
+    assert plan.loss() == pytest.approx(expected - l2_term(ref), rel=1e-5, abs=1e-6)
+    l2 = graph.loss.l2
+    for layer, ps in params.grad_views.items():
+        for p, got in ps.items():
+            want = grads.weights[layer][p] - (l2 * ref.weights[layer][p] if p == "w" else 0)
+            scale = max(1e-3, float(np.abs(want).max()))
+            np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4,
+                                       atol=5e-5 * scale, err_msg=f"{name}: {layer}/{p}")
+
+
+def test_the_first_layer_computes_no_input_gradient():
+    graph = build_graph(cnngen.zoo.lenet5())
+    first = differentiate(graph).steps[-1]
+    assert first.node.name == "c1" and first.input_grads == (False,) and first.weight_grads
+
+
+def test_frozen_layers_compute_no_gradients_and_nothing_below_them(kernel_cache):
+    spec = cnngen.zoo.lenet5()
+    frozen = {"c1", "c3"}
+    backward = differentiate(build_graph(spec), frozen)
+    assert [s.node.name for s in backward.steps] == ["out", "f6", "f5", "flat"]
+    assert backward.steps[-1].input_grads == (False,)
+    *_, params, plan, _, grads = run_both(spec, 2, "cpu", kernel_cache, frozen)
+    assert set(params.grad_views) == {"f5", "f6", "out"}
+    np.testing.assert_allclose(params.grad_views["f5"]["b"], grads.weights["f5"]["b"],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_a_network_without_a_loss_cannot_train(kernel_cache):
+    spec = dict(NETS["softmax_regression"])
+    del spec["loss"]
+    graph = build_graph(spec)
+    with pytest.raises(InputError, match="has no loss"):
+        TrainPlan(graph, 2, targets.resolve("cpu"), KernelCache(kernel_cache),
+                  Parameters(graph, cnngen.init_weights(graph)))
+
+
+MLP = net("mlp", (64,), [
+    {"name": "f1", "op": "dense", "units": 48, "activation": "relu"},
+    {"name": "bn", "op": "batchnorm"},
+    {"name": "drop", "op": "dropout", "rate": 0.2},
+    {"name": "out", "op": "dense", "units": 10}], l2=1e-4)
+
+
+def test_an_mlp_learns_the_digits(kernel_cache):
+    trainer = cnngen.Trainer(MLP, optimizer="adam", lr=1e-2, batch_size=32,
+                             cache_dir=kernel_cache)
+    history = trainer.fit("digits", epochs=4, progress=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["val_accuracy"] >= 0.95, history[-1]
+    data = cnngen.load_dataset("digits", input_shape=(64,))
+    assert trainer.evaluate(data.x_test, data.y_test)["accuracy"] == history[-1]["val_accuracy"]
+    # the running statistics moved, so the inference net (batch norm folded) serves them
+    assert not np.allclose(trainer.net.weights["bn"]["running_var"], 1.0)
+
+
+def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(kernel_cache, tmp_path):
+    def trainer():
+        return cnngen.Trainer(MLP, optimizer="adam", lr=1e-2, batch_size=32, seed=3,
+                              cache_dir=kernel_cache)
+    straight = trainer()
+    straight.fit("digits", epochs=3, progress=False)
+    first = trainer()
+    first.fit("digits", epochs=1, progress=False)
+    first.save(tmp_path / "run.ckpt")
+    resumed = cnngen.Trainer.resume(tmp_path / "run.ckpt", cache_dir=kernel_cache)
+    assert (resumed.epoch, resumed.step_count) == (1, first.step_count)
+    resumed.fit("digits", epochs=2, progress=False)
+    for layer, params in straight.params.weights().items():
+        for name, value in params.items():
+            assert np.array_equal(value, resumed.params.weights()[layer][name]), f"{layer}/{name}"
+    def timeless(history):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+                for r in history]
+    assert timeless(resumed.history) == timeless(straight.history)
+
+
+def test_a_diverging_run_stops_naming_the_first_bad_layer(kernel_cache):
+    trainer = cnngen.Trainer(MLP, optimizer="sgd", lr=1e30, batch_size=32,
+                             cache_dir=kernel_cache)
+    with pytest.raises(cnngen.TrainingError, match=r"the first non-finite value is in layer "
+                       r"'(f1|bn|drop|out)'") as raised:
+        trainer.fit("digits", epochs=2, progress=False)
+    assert "lower the learning rate" in str(raised.value)
+
+
+def test_transfer_learning_loads_by_name_freezes_and_replaces_the_head(kernel_cache):
+    source = cnngen.Trainer(MLP, lr=1e-2, batch_size=32, cache_dir=kernel_cache)
+    source.fit("digits", epochs=1, progress=False)
+    head = dict(MLP, layers=MLP["layers"][:-1] + [{"name": "out", "op": "dense", "units": 5}])
+    data = cnngen.load_dataset("digits", input_shape=(64,))
+    low = {k: v[data_y < 5] for k, v, data_y in (
+        ("x_train", data.x_train, data.y_train), ("y_train", data.y_train, data.y_train),
+        ("x_test", data.x_test, data.y_test), ("y_test", data.y_test, data.y_test))}
+    tuned = cnngen.Trainer(head, lr=1e-2, batch_size=32, weights=source.net.weights,
+                           freeze=["f*", "bn"], cache_dir=kernel_cache)
+    report = tuned.transfer_report
+    assert report.matched == ("f1", "bn")
+    assert report.skipped == (("out", "shape mismatch: w is (10, 48), expected (5, 48); "
+                               "b is (10,), expected (5,)"),)
+    features = source.net.weights["f1"]["w"].copy()
+    history = tuned.fit(low, epochs=2, progress=False)
+    assert np.array_equal(tuned.net.weights["f1"]["w"], features)
+    assert history[-1]["val_accuracy"] >= 0.9
+    with pytest.raises(InputError, match=r"freeze: 'conv\*' matches no layer"):
+        cnngen.Trainer(head, freeze=["conv*"], cache_dir=kernel_cache)
+
+
+def test_the_evolution_strategy_learns_the_digits_without_gradients(kernel_cache):
+    tiny = net("tiny", (64,), [{"name": "out", "op": "dense", "units": 10}])
+    trainer = cnngen.Trainer(tiny, optimizer="evolution", lr=0.05, batch_size=256,
+                             cache_dir=kernel_cache, population=40, sigma=0.05)
+    history = trainer.fit("digits", epochs=40, progress=False)
+    assert history[-1]["val_accuracy"] >= 0.8, history[-1]
