@@ -85,9 +85,10 @@ CASES = {
                                  L("ct", "conv_transpose2d", filters=6, kernel=3, stride=2,
                                    padding=1, output_padding=1, activation="relu")),
 }
-# The transposed conv runs as a conv over a zero-spread input, so a non-finite weight also
-# meets the spread zeros (0 * inf = NaN) where the reference's scatter never multiplies it;
-# the per-phase (sub-pixel) decomposition of issue 11 removes those products.
+# The transposed conv runs one stride-1 conv per output phase over the input with a zero
+# halo, so at the borders a non-finite weight meets halo zeros (0 * inf = NaN) where the
+# reference's scatter never multiplies it; peeling the border pixels into a kernel that
+# clips its taps would remove those products.
 SPREAD_ZEROS = "conv_transpose2d"
 
 
@@ -139,7 +140,9 @@ def test_nonfinite_input(case, target, cache):
 def test_nonfinite_weight(case, target, cache, request):
     if case == SPREAD_ZEROS:
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="issue 11: transposed conv multiplies weights by spread zeros"))
+            strict=True, reason="issue 11: the phase convs of a transposed conv read the input's "
+                                "zero halo at its borders (0 * inf = NaN where the reference "
+                                "adds nothing)"))
     spec = CASES[case]
     rng = np.random.default_rng(2)
     net = cnngen.compile(spec, target=target, cache_dir=cache)

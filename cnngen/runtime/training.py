@@ -19,7 +19,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..codegen.cache import KernelCache
-from ..codegen.cpu import BACKWARD, LEAKY_ALPHA, LOWER, TRAIN, GradLowering, Lowering, grad_name
+from ..codegen.cpu import (BACKWARD, GRAD_HALO, LEAKY_ALPHA, LOWER, TRAIN, GradLowering,
+                           Lowering, grad_name)
 from ..codegen.cpu.elementwise_grad import activation_grad
 from ..codegen.cpu.norm_grad import step_seed, update_running_stats, values_per_channel
 from ..codegen.cpu.edges import to_blocked
@@ -90,7 +91,11 @@ class TrainPlan:
             self.calls += TRAIN.get(node.op, LOWER[node.op])(low)
         self.n_forward = len(self.calls)
         self.layouts[LOSS_TARGET] = target_layout(graph.loss.op, out.out, v)
-        self.layouts[grad_name(out.name)] = Blocked.of(out.out, v)
+        # each gradient with the halo its producer's backward reads it with
+        self.grad_layouts = {node.name: Blocked.of(node.out, v, GRAD_HALO[node.op](node)
+                                                   if node.op in GRAD_HALO else (0, 0, 0, 0))
+                             for node in graph.nodes}
+        self.layouts[grad_name(out.name)] = self.grad_layouts[out.name]
         self.layouts[LOSS_VALUES] = self.layouts[LOSS_CORRECT] = Flat(1, per_sample=True)
         self.calls += LOSS[graph.loss.op](LossLowering(graph.loss.op, out.name, self.layouts[out.name],
                                                         n_batch, target,
@@ -100,7 +105,7 @@ class TrainPlan:
         for step in self.backward.steps:
             node = step.node
             self.calls += self._gather(node.name)
-            d_ins = tuple(Blocked.of(graph.type_of(i), v) if wanted else None
+            d_ins = tuple(self.grad_layouts[i] if wanted else None
                           for i, wanted in zip(node.inputs, step.input_grads))
             for i, d in enumerate(d_ins):
                 if d is not None:
@@ -118,7 +123,7 @@ class TrainPlan:
         if name in self.layouts:          # the network output: the loss writes it
             return []
         parts = [f"{reader}:grad_in{i}" for reader, i in self.backward.sums[tensor]]
-        layout = Blocked.of(self.graph.type_of(tensor), self.target.vector)
+        layout = self.grad_layouts[tensor]
         self.layouts[name] = layout
         if len(parts) == 1:
             self.aliases[name] = parts[0]

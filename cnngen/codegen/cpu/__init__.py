@@ -10,7 +10,8 @@ Training adds two maps. ``TRAIN`` holds the training-mode forward lowering of th
 forward differs in training (batch norm's batch statistics, dropout's mask, max pool's
 switches); it takes a ``Lowering`` too. ``BACKWARD`` maps an op to its backward lowering: it
 takes a ``GradLowering`` and returns the calls that turn the output's gradient into the
-inputs' and the parameters' gradients.
+inputs' and the parameters' gradients; where it reads that gradient through a zero halo (a
+conv's data gradient, a transposed conv), ``GRAD_HALO`` gives the halo.
 """
 from __future__ import annotations
 
@@ -130,17 +131,18 @@ class GradLowering:
 
 
 def _registry():
-    from . import (conv, dense, dense_grad, elementwise, elementwise_grad, norm_grad, pool,
-                   pool_grad)
-    lower, halo, space, train, backward = {}, {}, {}, {}, {}
-    for module in (conv, pool, elementwise, dense, dense_grad, pool_grad, elementwise_grad,
-                   norm_grad):
+    from . import (conv, conv_grad, dense, dense_grad, elementwise, elementwise_grad, norm_grad,
+                   pool, pool_grad)
+    lower, halo, space, train, backward, grad_halo = {}, {}, {}, {}, {}, {}
+    for module in (conv, pool, elementwise, dense, conv_grad, dense_grad, pool_grad,
+                   elementwise_grad, norm_grad):
         lower.update(getattr(module, "LOWER", {}))
         halo.update(getattr(module, "HALO", {}))
         space.update(getattr(module, "SPACE", {}))
         train.update(getattr(module, "TRAIN", {}))
         backward.update(getattr(module, "BACKWARD", {}))
-    return lower, halo, space, train, backward
+        grad_halo.update(getattr(module, "GRAD_HALO", {}))
+    return lower, halo, space, train, backward, grad_halo
 
 
-LOWER, HALO, SPACE, TRAIN, BACKWARD = _registry()
+LOWER, HALO, SPACE, TRAIN, BACKWARD, GRAD_HALO = _registry()

@@ -5,21 +5,23 @@
 - depthwise (groups = c_in = c_out): ``depthwise2d``, vectorised over the channel block.
 - any other grouping: the weights are expanded to a block-diagonal dense convolution
   (correct for every grouping; costs ``groups`` times the multiply-adds).
-- conv_transpose: the input is spread onto a zero grid (``dilate2d``, stride - 1 zeros
-  between pixels) and convolved with the flipped, transposed weights at stride 1.
+- conv_transpose (and the conv data gradient, see conv_grad.py): one stride-1 conv of the
+  input per output phase (sub-pixel), with the flipped, transposed taps that land on that
+  phase; the phase maps are merged into the output (``conv2d_phase_merge``).
 
 1-D layers are 2-D with height 1.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ... import schedule as sched
 from ...errors import InputError
 from ...ir import Node
-from ..kernel import Call, Const, spec
+from ..kernel import Buffer, Call, Const, spec
 from ..layout import Blocked
 from . import Lowering, activation_values
 from .pool import geometry as pool_geometry
@@ -285,36 +287,146 @@ def transposed_as_conv(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(wg.transpose(0, 2, 1, 3, 4)).reshape(groups * k_group, c_group, *w.shape[2:])
 
 
-def lower_conv_transpose(low: Lowering) -> list[Call]:
-    node, v = low.node, low.target.vector
-    x, n_batch = low.ins[0], low.n_batch
+@dataclass(frozen=True)
+class Phase:
+    """One output phase of a transposed conv along one axis: the outputs
+    o = phase + stride*q (q < count) read only the taps r with (o + pad - r*dilation) divisible
+    by stride, which make a stride-1 conv of the un-spread input:
+
+        out[phase + stride*q] = sum_t x[q - pad + t*dilation] * wc[taps[t]]
+
+    ``taps`` index the flipped kernel wc (``transposed_as_conv``), in the order the sub-conv
+    reads them; ``pad`` may be negative (a crop); ``end`` is how far past the input's last
+    pixel the reads reach."""
+
+    phase: int
+    count: int
+    taps: tuple[int, ...]
+    dilation: int
+    pad: int
+    end: int
+
+
+def phases(k: int, stride: int, dilation: int, pad: int, size_in: int, size_out: int) -> list[Phase]:
+    """The output phases of one axis of a transposed conv (one, with every tap, at stride 1).
+
+    Output o = phase + stride*q takes x[i] * w[r] where o + pad = i*stride + r*dilation, so
+    i = q + (phase + pad - r*dilation) / stride; the taps of a phase are every stride/gcd-th,
+    and their input offsets step by dilation/gcd."""
+    step = dilation // math.gcd(stride, dilation)
+    out = []
+    for phase in range(min(stride, size_out)):
+        count = -(-(size_out - phase) // stride)
+        rs = [r for r in range(k) if (phase + pad - r * dilation) % stride == 0]
+        if not rs:
+            out.append(Phase(phase, count, (), 1, 0, 0))
+            continue
+        first = (phase + pad - rs[-1] * dilation) // stride      # offset of the last tap
+        last = (phase + pad - rs[0] * dilation) // stride
+        out.append(Phase(phase, count, tuple(k - 1 - r for r in reversed(rs)), step, -first,
+                         count - 1 + last - (size_in - 1)))
+    return out
+
+
+def phase_axes(node: Node) -> list[list[Phase]]:
+    """The output phases of a transposed conv node along its height and its width."""
     kernel, stride, dilation, pads = geometry(node)
-    out_pad = (0, *node.attrs["output_padding"])[-2:]
-    # Full-correlation padding of the equivalent stride-1 conv; negative means a crop.
-    full = [dilation[i] * (kernel[i] - 1) - pads[i][0] for i in range(2)]
-    full_end = [dilation[i] * (kernel[i] - 1) - pads[i][1] + out_pad[i] for i in range(2)]
-    grid = Blocked(x.channels, (x.height - 1) * stride[0] + 1, (x.width - 1) * stride[1] + 1, v,
-                   (max(full[0], 0), max(full_end[0], 0), max(full[1], 0), max(full_end[1], 0)))
-    spread = low.temp("grid", grid)
-    dilate = Call(node.name, spec(
-        "dilate2d", ("spread",), f"nchw{v}c", bytes=4 * (x.size(n_batch) + grid.size(n_batch)),
-        blocks=x.blocks, h_in=x.height, w_in=x.width,
-        stride_h=stride[0], stride_w=stride[1], x_batch=x.batch_stride, x_block=x.block_stride,
-        x_row=x.row_stride, x_origin=x.origin, **grid.strides("out")),
-        (low.inputs[0], spread))
-    groups, c_out = node.attrs["groups"], low.out.channels
+    size_in = (1, *node.in_types[0].spatial)[-2:]
+    size_out = (1, *node.out.spatial)[-2:]
+    return [phases(kernel[i], stride[i], dilation[i], pads[i][0], size_in[i], size_out[i])
+            for i in range(2)]
+
+
+def conv_transpose_halo(node: Node) -> tuple[int, int, int, int]:
+    """The zero halo (top, bottom, left, right) the phase convs of a transposed conv read
+    around its input; an input that has it is read in place, else copied into one."""
+    axes = phase_axes(node)
+    live = [(ph, pw) for ph in axes[0] for pw in axes[1] if ph.taps and pw.taps]
+    return (max([ph.pad for ph, _ in live] + [0]), max([ph.end for ph, _ in live] + [0]),
+            max([pw.pad for _, pw in live] + [0]), max([pw.end for _, pw in live] + [0]))
+
+
+def retarget(call: Call, output: Buffer, args: tuple | None = None, **values) -> Call:
+    """``call`` writing ``output`` (its last argument), with other ``args`` or kernel
+    ``values`` where given (a phase map's strides inside a shared buffer)."""
+    merged = {**dict(call.kernel.values), **values}
+    kernel = replace(call.kernel, values=tuple(sorted(merged.items())))
+    return replace(call, kernel=kernel, args=(*(args or call.args[:-1]), output))
+
+
+def lower_conv_transpose(low: Lowering, output: Buffer | None = None, tag: str = "") -> list[Call]:
+    """conv_transpose as stride-1 convs of its input, one per output phase (sub-pixel): at
+    stride s each output pixel meets only the taps that land on it, so no multiply-add
+    touches a spread zero. A strided one writes its phase maps into a temp that a merge
+    kernel interleaves into the output (bias alone where no tap lands). The input is copied
+    into a temp with a zero halo unless its own halo is wide enough.
+
+    ``output`` (default: the layer's) and ``tag`` serve the conv data gradient, which is this
+    transposed conv of the conv's output gradient: ``tag`` keeps its weight Consts and
+    temps apart from the forward's (``w:dx``, ``<layer>:pad:dx``)."""
+    node, v = low.node, low.target.vector
+    x, out, n_batch = low.ins[0], low.out, low.n_batch
+    output = output or low.output
+    suffix = f":{tag}" if tag else ""
+    axes = phase_axes(node)
+    live = [(ph, pw) for ph in axes[0] for pw in axes[1] if ph.taps and pw.taps]
+    calls = []
+    halo = conv_transpose_halo(node)
+    x_buffer = low.inputs[0]
+    if any(need > have for need, have in zip(halo, x.halo)):
+        padded = Blocked(x.channels, x.height, x.width, v, halo)
+        copy = low.temp(f"pad{suffix}", padded)
+        calls.append(Call(node.name, spec(
+            "dilate2d", ("pad",), f"nchw{v}c", bytes=4 * (x.size(n_batch) + padded.size(n_batch)),
+            blocks=x.blocks, h_in=x.height, w_in=x.width, stride_h=1, stride_w=1,
+            x_batch=x.batch_stride, x_block=x.block_stride, x_row=x.row_stride,
+            x_origin=x.origin, **padded.strides("out")), (x_buffer, copy)))
+        x, x_buffer = padded, copy
+    groups, c_out = node.attrs["groups"], out.channels
+    depthwise = (is_depthwise(x.channels, c_out, groups)
+                 and not isinstance(low.schedule, sched.ConvSchedule))
     aligned = is_aligned(x.channels, c_out, groups, v)
-
-    def pack(p):
-        w = transposed_as_conv(as_2d(p["w"]), groups)
-        return pack_direct(w if aligned else dense_weights(w, groups), v)
-
-    weights = Const(node.name, "w", pack)
-    bias = Const(node.name, "b", lambda p: pack_bias(p.get("b"), c_out, v))
+    bias = Const(node.name, f"b{suffix}", lambda p: pack_bias(
+        p.get("b") if node.attrs["bias"] else None, c_out, v))
     ops = op_chain(node)
-    conv = direct_conv(low, grid, spread, groups if aligned else 1, kernel, (1, 1), dilation,
-                       (full[0], full[1]), weights, bias, ops)
-    return [dilate, conv]
+    single = len(axes[0]) == len(axes[1]) == 1 and live
+    phase_maps = None if single else Blocked(
+        c_out, len(axes[0]) * len(axes[1]) * axes[0][0].count, axes[1][0].count, v)
+    merged = low.temp(f"phases{suffix}", phase_maps) if phase_maps else output
+    for ph, pw in live:
+        def pack(p, rows=ph.taps, cols=pw.taps):
+            w = transposed_as_conv(as_2d(p["w"]), groups)[:, :, list(rows)][:, :, :, list(cols)]
+            if depthwise:
+                return pack_depthwise(w, v)
+            return pack_direct(w if aligned else dense_weights(w, groups), v)
+
+        what = f"w{suffix}" if single else f"w{suffix}@{ph.phase},{pw.phase}"
+        weights = Const(node.name, what, pack)
+        sub = Lowering(node, (x,), Blocked(c_out, ph.count, pw.count, v), n_batch, low.target,
+                       low.schedule, temps=low.temps, avoid=low.avoid)
+        size, dil, pad = (len(ph.taps), len(pw.taps)), (ph.dilation, pw.dilation), (ph.pad, pw.pad)
+        if depthwise:
+            call = depthwise_conv(sub, size, (1, 1), dil, pad, ops)
+        else:
+            call = direct_conv(sub, x, x_buffer, groups if aligned else 1, size, (1, 1), dil, pad,
+                               weights, bias, ops)
+        if single:
+            calls.append(retarget(call, output, (x_buffer, weights, bias), **out.strides("out")))
+            continue
+        p = ph.phase * len(axes[1]) + pw.phase
+        calls.append(retarget(call, merged, (x_buffer, weights, bias), **{
+            **phase_maps.strides("out"),
+            "out_origin": phase_maps.origin + p * axes[0][0].count * phase_maps.row_stride}))
+    if single:
+        return calls
+    empty = tuple(int(not (ph.taps and pw.taps)) for ph in axes[0] for pw in axes[1])
+    calls.append(Call(node.name, spec(
+        "conv2d_phase_merge", ("merge",), f"nchw{v}c", bytes=8 * out.size(n_batch),
+        **activation_values(node.attrs["activation"], node.attrs.get("alpha", 0.01)),
+        blocks=out.blocks, h_out=out.height, w_out=out.width, stride_h=len(axes[0]),
+        stride_w=len(axes[1]), q_h=axes[0][0].count, empty=empty,
+        **phase_maps.strides("p"), **out.strides("out")), (merged, bias, output)))
+    return calls
 
 
 def conv_space(low: Lowering) -> list[sched.Schedule]:
@@ -343,5 +455,6 @@ def conv_space(low: Lowering) -> list[sched.Schedule]:
 
 LOWER = {"conv1d": lower_conv, "conv2d": lower_conv,
          "conv_transpose1d": lower_conv_transpose, "conv_transpose2d": lower_conv_transpose}
-HALO = {"conv1d": conv_halo, "conv2d": conv_halo}
+HALO = {"conv1d": conv_halo, "conv2d": conv_halo,
+        "conv_transpose1d": conv_transpose_halo, "conv_transpose2d": conv_transpose_halo}
 SPACE = {op: conv_space for op in LOWER}
