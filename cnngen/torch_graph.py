@@ -184,11 +184,15 @@ def batchnorm(node: Node, p, xs, run) -> torch.Tensor:
 
 
 def dropout(node: Node, p, xs, run) -> torch.Tensor:
-    """The mask is the one cnngen used, so no torch RNG is involved."""
+    """The mask is the one cnngen used where given (parity: no torch RNG involved), else
+    torch's own (``F.dropout``: a training step as PyTorch users run it)."""
     rate, inverted = node.attrs["rate"], node.attrs["mode"] == "inverted"
     x = xs[0]
     if not run.train:
         return x if inverted else x * (1.0 - rate)
+    if node.name not in run.masks:
+        y = F.dropout(x, rate, training=True)
+        return y if inverted else y * (1.0 - rate)
     keep = torch.from_numpy(np.asarray(run.masks[node.name], dtype=np.float64))
     return x * keep / (1.0 - rate) if inverted else x * keep
 
@@ -289,5 +293,5 @@ def train_step(graph: Graph, weights, x: np.ndarray, y: np.ndarray,
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
-        return float(value)
+        return float(value.detach())
     return step

@@ -9,6 +9,7 @@ Run it: python examples/train_digits.py
 """
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,13 @@ def median_step_ms(step, samples: int = STEP_SAMPLES) -> tuple[float, float, flo
     return median, q1, q3
 
 
-def torch_step_ms(x, y, queue) -> None:
+def torch_step_ms(x, y) -> tuple[float, float, float]:
     import torch
 
     from cnngen.torch_graph import train_step
     torch.set_num_threads(2)
     graph = cnngen.build_graph(cnngen.load_spec(SPEC))
-    queue.put(median_step_ms(train_step(graph, cnngen.init_weights(graph, 0), x, y)))
+    return median_step_ms(train_step(graph, cnngen.init_weights(graph, 0), x, y))
 
 
 def main(epochs: int = 20, batch: int = 32):
@@ -60,12 +61,9 @@ def main(epochs: int = 20, batch: int = 32):
     except ImportError:
         print("PyTorch is not installed: no comparison (pip install torch)")
     else:
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        peer = context.Process(target=torch_step_ms, args=(x, y, queue))
-        peer.start()
-        theirs = queue.get()
-        peer.join()
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as peer:
+            theirs = peer.submit(torch_step_ms, x, y).result()
         print(f"PyTorch eager, the same step: {theirs[0]:.2f} ms (IQR {theirs[1]:.2f}-"
               f"{theirs[2]:.2f}); cnngen takes {ours[0] / theirs[0]:.2f}x its time")
 

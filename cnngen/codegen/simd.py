@@ -104,6 +104,20 @@ def store(typingctx, arr, offset, vec):
 
 
 @intrinsic
+def index_at(typingctx, arr, offset):
+    """Element ``offset`` of ``arr`` read as the int32 it holds (an index table passed as a
+    float32 buffer: ``table.view(np.float32)``), as an int64."""
+    if not (_float_array(arr) and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_address(context, builder, sig.args[0], args[0], args[1]),
+                              ir.IntType(32).as_pointer())
+        return builder.sext(builder.load(ptr, align=4), ir.IntType(64))
+    return types.int64(arr, offset), codegen
+
+
+@intrinsic
 def splat(typingctx, value, width):
     """A vector with every lane equal to the scalar ``value``."""
     if not isinstance(value, (types.Float, types.Integer)):

@@ -1,7 +1,7 @@
 """A training run's parameters: one flat float32 buffer for the optimizer, views per layer.
 
     params = Parameters(graph, weights, frozen={"c1"})
-    params.flat, params.grads         # every trainable parameter, and its gradient
+    params.flat, params.grads         # every trainable parameter (then one zero), and gradients
     params.views["f5"]["w"]            # float32 (units, in) view into ``flat``
     params.grad_views["f5"]["w"]       # the same slot of ``grads``
     params.weights()                   # {layer: {param: float64}}, frozen and state included
@@ -26,14 +26,17 @@ class Parameters:
         slots.sort(key=lambda s: s[1] != DECAYED)        # stable: layer order within each
         self.n_decayed = sum(int(np.prod(shape)) for _, p, shape in slots if p == DECAYED)
         size = sum(int(np.prod(shape)) for _, _, shape in slots)
-        self.flat = np.zeros(max(size, 1), np.float32)
+        # one slot past the parameters stays zero: packed layouts copy their padding from it
+        self.flat = np.zeros(size + 1, np.float32)
         self.grads = np.zeros_like(self.flat)
         self.size = size
         self.views: dict[str, dict[str, np.ndarray]] = {}
         self.grad_views: dict[str, dict[str, np.ndarray]] = {}
+        self.offsets: dict[tuple[str, str], int] = {}
         offset = 0
         for layer, param, shape in slots:
             n = int(np.prod(shape))
+            self.offsets[layer, param] = offset
             self.views.setdefault(layer, {})[param] = self.flat[offset:offset + n].reshape(shape)
             self.grad_views.setdefault(layer, {})[param] = self.grads[offset:offset + n]
             offset += n
@@ -45,6 +48,10 @@ class Parameters:
                     self.views[node.name][param][...] = value
                 else:
                     self.fixed.setdefault(node.name, {})[param] = value.astype(np.float32)
+
+    def offset(self, layer: str, param: str) -> int | None:
+        """Where a trainable parameter starts in ``flat`` (None: frozen, or state)."""
+        return self.offsets.get((layer, param))
 
     @property
     def trainable_layers(self) -> set[str]:

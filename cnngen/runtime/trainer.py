@@ -112,7 +112,7 @@ class Trainer:
             while len(self._plans) > MAX_TRAIN_PLANS:
                 self._plans.pop(next(iter(self._plans)))
         elif self._packed.get(n_batch) != self.step_count:
-            plan.repack(self.params.trainable_layers)
+            plan.repack()
         self._packed[n_batch] = self.step_count
         return plan
 
@@ -135,16 +135,14 @@ class Trainer:
         self.optimizer.step(self.params, self.step_count, self.cache)
         plan.update_running_stats()
         self.step_count += 1
-        plan.repack(self.params.trainable_layers)
+        plan.repack()
         self._packed[x.shape[0]] = self.step_count
         return value, plan.correct()
 
     def _evolve(self, plan: TrainPlan, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One generation of the evolution strategy, its fitness the loss on the batch."""
-        layers = self.params.trainable_layers
-
         def fitness() -> float:
-            plan.repack(layers)
+            plan.repack()
             plan.run(x, y, backward=False)
             return plan.loss()
 

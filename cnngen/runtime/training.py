@@ -33,6 +33,7 @@ from ..ir import Graph, Node
 from ..passes import verify
 from ..passes.autodiff import differentiate, split_activations
 from ..target import Target
+from .constants import PackedConstants
 from .parameters import Parameters
 from .plan import UNUSED, Step, check_fits, plan_layouts, worth_parallel
 
@@ -145,39 +146,40 @@ class TrainPlan:
         self.buffers[edge] = np.zeros(n * self.graph.input.size, np.float32)
         for alias, name in self.aliases.items():
             self.buffers[alias] = self.buffers[name]
-        self.consts: dict[Const, np.ndarray] = {}
-        self.repack()
+        self.constants = PackedConstants(self.calls, self.params)
+        self.buffers.update(self.constants.buffers())
         self.steps: list[Step] = []
+        self.gather: Step | None = None
 
     def compile(self, cache: KernelCache) -> None:
         """Load (compile, or read from the cache) every kernel and bind the steps."""
+        gather = self.constants.gather_call()
+        calls = self.calls + ([gather] if gather else [])
         kernels = cache.load_all([(c.kernel.name(self.target), c.kernel.source(self.target))
-                                  for c in self.calls], self.target)
-        self.steps = []
-        for call, kernel in zip(self.calls, kernels):
-            tasks = kernel.task_count(self.n_batch)
+                                  for c in calls], self.target)
+        steps = []
+        for call, kernel in zip(calls, kernels):
+            n = self.constants.count if call is gather else self.n_batch
+            tasks = kernel.task_count(n)
             args = [self._arg(a) for a in call.args]
             args += [UNUSED] * (MAX_ARGS - len(args))
-            self.steps.append(Step(call, kernel, args, self.n_batch, tasks,
-                                   worth_parallel(call, tasks, self.target.cores)))
+            steps.append(Step(call, kernel, args, n, tasks,
+                              worth_parallel(call, tasks, self.target.cores)))
+        self.steps = steps[:len(self.calls)]
+        self.gather = steps[-1] if gather else None
 
     def _arg(self, arg) -> np.ndarray:
         if isinstance(arg, Const):
-            return self.consts[arg]
+            return self.constants.arrays[arg]
         if isinstance(arg, ParamGrad):
             return self.params.grad_views[arg.layer][arg.param]
         return self.buffers[arg.name]
 
-    def repack(self, layers: set[str] | None = None) -> None:
-        """Refresh the packed constants of ``layers`` (default: all) from the parameters."""
-        for call in self.calls:
-            for arg in call.args:
-                if isinstance(arg, Const) and (layers is None or arg.layer in layers):
-                    packed = np.ascontiguousarray(arg.pack(self.params.layer(arg.layer)), np.float32)
-                    if arg in self.consts:
-                        self.consts[arg][...] = packed
-                    else:
-                        self.consts[arg] = packed
+    def repack(self) -> None:
+        """Refresh the packed constants of the trainable layers from the parameters."""
+        if self.gather is not None:
+            self.gather()
+        self.constants.repack_numpy()
 
     def run(self, x: np.ndarray, labels: np.ndarray, backward: bool = True) -> None:
         """Forward, loss and (if ``backward``) backward on the checked float32 batch ``x``
