@@ -1,7 +1,7 @@
 """Training steps: cnngen's generated kernels against PyTorch eager, samples interleaved.
 
     python benchmarks/train_step.py [--rows lenet5_b64,mnist1d_b100,resnet18_64_b16]
-                                    [--rounds 7] [--steps 10] [--json out.json]
+                                    [--rounds 7] [--steps 10] [--target cpu-avx2] [--json out.json]
 
 A step is forward, loss, backward and the optimizer's update (Adam) on one mini-batch of
 random data, with the same spec and initial weights on both sides. cnngen runs
@@ -93,9 +93,10 @@ def summary(times: list[float]) -> dict:
     return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3)}
 
 
-def measure(row: TrainRow, rounds: int, steps: int, worker) -> dict:
+def measure(row: TrainRow, rounds: int, steps: int, worker, target: str) -> dict:
     import cnngen
-    trainer = cnngen.Trainer(spec_of(row), optimizer="adam", lr=1e-3, batch_size=row.batch)
+    trainer = cnngen.Trainer(spec_of(row), optimizer="adam", lr=1e-3, batch_size=row.batch,
+                             target=target)
     x, y = batch_of(row, trainer.graph)
     send(worker.stdin, ("prepare", asdict(row)))
     recv(worker.stdout)
@@ -116,6 +117,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--json", default=None)
+    p.add_argument("--target", default="cpu", help="cnngen's target: cpu (the host), cpu-avx2")
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:
@@ -125,13 +127,15 @@ def main() -> None:
     worker = subprocess.Popen([sys.executable, __file__, "--torch-worker"], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     m = machine()
-    print(f"machine: {m['cpu']}, {m['cores']} cores, best SIMD {m['simd']}; torch in its own "
-          f"process, {THREADS} threads, default OMP wait policy; Adam; ms per step")
+    import cnngen
+    print(f"machine: {m['cpu']}, {m['cores']} cores, best SIMD {m['simd']}; cnngen target "
+          f"{cnngen.target.resolve(args.target)}; torch in its own process, {THREADS} threads, "
+          f"default OMP wait policy; Adam; ms per step")
     print(f"{'row':<18} {'cnngen ms [IQR]':<24} {'torch ms [IQR]':<24} cnngen/torch")
     results = []
     try:
         for name in args.rows.split(","):
-            r = measure(rows[name], args.rounds, args.steps, worker)
+            r = measure(rows[name], args.rounds, args.steps, worker, args.target)
             results.append(r)
             cell = lambda s: f"{s['median_ms']:.3f} [{s['q1_ms']:.3f}-{s['q3_ms']:.3f}]"
             print(f"{name:<18} {cell(r['cnngen']):<24} {cell(r['torch']):<24} {r['ratio']:.2f}",

@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
         trainer = Trainer(resolve(args.spec), optimizer=args.optimizer, lr=args.lr,
                           batch_size=args.batch_size, seed=args.seed, augment=args.augment,
                           weights=args.weights, freeze=freeze, target=args.target,
-                          cache_dir=args.cache_dir, **options)
+                          cache_dir=args.cache_dir, init=args.init, **options)
         if trainer.transfer_report is not None:
             print(trainer.transfer_report)
     epochs = None if args.epochs is None else max(0, args.epochs - trainer.epoch)
@@ -262,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--schedule", default=None,
                    help="learning-rate schedule: step, cosine (with warm-up: cosine+warmup=100)")
     r.add_argument("--seed", type=int, default=0, help="seed of weights, order, dropout (0)")
+    r.add_argument("--init", default="he", choices=("he", "pytorch"),
+                   help="initial weights: He-normal (he), or PyTorch's defaults (pytorch)")
     r.add_argument("--augment", default=None, help="e.g. flip_h,crop=4,rotate=10")
     r.add_argument("--validation", type=float, default=0.0,
                    help="fraction of the training set held out for validation (0: the test set)")

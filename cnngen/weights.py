@@ -24,11 +24,28 @@ from .ops import REGISTRY
 Weights = dict[str, dict[str, np.ndarray]]
 
 
-def init_weights(graph: Graph, seed: int = 0) -> Weights:
-    """He-normal conv/dense weights, zero biases, identity batch norm; float64."""
+INIT_SCHEMES = ("he", "pytorch")
+
+
+def init_weights(graph: Graph, seed: int = 0, scheme: str = "he") -> Weights:
+    """Initial weights, float64, identity batch norm. ``scheme`` "he": He-normal conv and
+    dense weights, zero biases. "pytorch": PyTorch's defaults for conv, transposed conv and
+    dense (``kaiming_uniform_(a=sqrt(5))``): weights and biases uniform in
+    +-1/sqrt(fan_in), fan_in = prod(w.shape[1:]); published training recipes assume it."""
+    if scheme not in INIT_SCHEMES:
+        raise WeightsError(f"init: expected one of {', '.join(INIT_SCHEMES)}; received "
+                           f"{scheme!r}.")
     rng = np.random.default_rng(seed)
-    return {node.name: REGISTRY[node.op].init(node, rng)
-            for node in graph.nodes if node.params or node.state}
+    weights = {node.name: REGISTRY[node.op].init(node, rng)
+               for node in graph.nodes if node.params or node.state}
+    if scheme == "pytorch":
+        for params in weights.values():
+            if "w" in params:
+                bound = 1.0 / math.sqrt(max(1, int(np.prod(params["w"].shape[1:]))))
+                for name in ("w", "b"):
+                    if name in params:
+                        params[name] = rng.uniform(-bound, bound, size=params[name].shape)
+    return weights
 
 
 def check_weights(graph: Graph, weights, dtype=np.float64) -> Weights:
@@ -228,7 +245,8 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def transfer(graph: Graph, source, seed: int = 0) -> tuple[Weights, TransferReport]:
+def transfer(graph: Graph, source, seed: int = 0,
+             scheme: str = "he") -> tuple[Weights, TransferReport]:
     """Weights for ``graph``: each layer's from ``source`` (a weights dict or an npz path)
     where the name and every parameter's shape match, else its initial weights. The report
     says what matched, what was skipped and why (missing, shape mismatch): the way to reuse
@@ -238,7 +256,7 @@ def transfer(graph: Graph, source, seed: int = 0) -> tuple[Weights, TransferRepo
     if not isinstance(source, Mapping):
         raise WeightsError(f"weights: expected a dict {{layer: {{param: array}}}} or an .npz "
                            f"path; received {type(source).__name__}.")
-    weights = init_weights(graph, seed)
+    weights = init_weights(graph, seed, scheme)
     matched, skipped = [], []
     for node in graph.nodes:
         if node.name not in weights:

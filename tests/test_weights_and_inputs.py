@@ -240,3 +240,18 @@ def test_loss_without_a_loss_in_the_spec_is_an_error():
     ref = cnngen.ReferenceExecutor(single("relu", (4,)))
     with pytest.raises(InputError, match=r"network 't_relu' has no loss; add 'loss: \{op: softmax_cross_entropy\}'"):
         ref.loss(np.zeros((1, 4)), np.array([0]))
+
+
+def test_pytorch_initialisation_is_uniform_in_one_over_root_fan_in():
+    spec = {"cnngen": 1, "name": "n", "input": {"shape": [3, 8, 8]},
+            "layers": [{"name": "c", "op": "conv2d", "filters": 64, "kernel": 3},
+                       {"name": "f", "op": "flatten"}, {"name": "d", "op": "dense", "units": 50}]}
+    w = cnngen.init_weights(cnngen.build_graph(spec), seed=0, scheme="pytorch")
+    for layer, fan_in in (("c", 27), ("d", 64 * 36)):
+        for p in ("w", "b"):
+            bound = 1 / np.sqrt(fan_in)
+            assert np.abs(w[layer][p]).max() <= bound
+            assert np.abs(w[layer][p]).max() > 0.9 * bound          # spans the interval
+    with pytest.raises(cnngen.WeightsError, match=r"init: expected one of he, pytorch; "
+                       r"received 'xavier'"):
+        cnngen.init_weights(cnngen.build_graph(spec), scheme="xavier")

@@ -6,7 +6,8 @@
     trainer.net(x)                                      # the inference net, trained weights
     trainer.save("run.ckpt"); trainer = cnngen.Trainer.resume("run.ckpt")
 
-Transfer learning: ``weights=`` takes another net's weights (a dict, or an npz path) by
+``init="pytorch"`` starts from PyTorch's default initialisation instead of He-normal (as
+published PyTorch recipes assume). Transfer learning: ``weights=`` takes another net's weights (a dict, or an npz path) by
 layer name, keeping the initial weights where a layer is missing or its shapes differ
 (``trainer.transfer_report`` says which); ``freeze=["c*", "f5"]`` fixes the layers whose
 names match those glob patterns, so their gradients are never computed.
@@ -66,7 +67,7 @@ def frozen_layers(graph, patterns) -> set[str]:
 class Trainer:
     def __init__(self, spec, optimizer: str = "adam", lr: float = 1e-3, batch_size: int = 64,
                  seed: int = 0, augment=None, weights=None, freeze=(), target="cpu",
-                 cache_dir=None, **options):
+                 cache_dir=None, init: str = "he", **options):
         self.spec = load_spec(spec) if not isinstance(spec, dict) else spec
         self.graph = build_graph(self.spec)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -77,14 +78,14 @@ class Trainer:
         self.cache = KernelCache(cache_dir)
         self.frozen = frozen_layers(self.graph, freeze)
         if weights is None:
-            start, self.transfer_report = init_weights(self.graph, seed), None
+            start, self.transfer_report = init_weights(self.graph, seed, init), None
         else:
-            start, self.transfer_report = transfer(self.graph, weights, seed)
+            start, self.transfer_report = transfer(self.graph, weights, seed, init)
         self.params = Parameters(self.graph, start, self.frozen)
         self.settings = {"optimizer": optimizer, "lr": lr, "batch_size": batch_size,
                          "seed": seed,
                          "augment": str(self.augment) if isinstance(self.augment, Augment) else None,
-                         "freeze": sorted(self.frozen), "options": options}
+                         "freeze": sorted(self.frozen), "init": init, "options": options}
         l2 = self.graph.loss.l2 if self.graph.loss else 0.0
         if optimizer in EVOLUTION:
             self.optimizer = Evolution(self.params.size, lr, seed, **options)
@@ -274,7 +275,8 @@ class Trainer:
         saved = checkpoints.load_checkpoint(path)
         s = saved.meta["settings"]
         trainer = cls(saved.spec, s["optimizer"], s["lr"], s["batch_size"], s["seed"],
-                      s["augment"], saved.weights, s["freeze"], target, cache_dir, **s["options"])
+                      s["augment"], saved.weights, s["freeze"], target, cache_dir, s["init"],
+                      **s["options"])
         trainer.optimizer.load_state(saved.optimizer)
         trainer.epoch, trainer.step_count = saved.meta["epoch"], saved.meta["step"]
         trainer.history = list(saved.meta["history"])
