@@ -156,7 +156,10 @@ def cmd_train(args) -> int:
         if args.spec is None:
             raise CnngenError("cnngen train: expected SPEC (a .yaml/.json spec or zoo:NAME), "
                               "or --resume with --checkpoint DIR.")
-        options = {"schedule": args.schedule} if args.schedule else {}
+        options = {key: value for key, value in (
+            ("schedule", args.schedule), ("total_steps", args.total_steps),
+            ("step_every", args.step_every), ("warmup_steps", args.warmup_steps),
+            ("momentum", args.momentum), ("nesterov", args.nesterov)) if value}
         freeze = args.freeze.split(",") if args.freeze else ()
         trainer = Trainer(resolve(args.spec), optimizer=args.optimizer, lr=args.lr,
                           batch_size=args.batch_size, seed=args.seed, augment=args.augment,
@@ -257,10 +260,18 @@ def parser() -> argparse.ArgumentParser:
                    help="train until this many epochs in all (with --resume: the total)")
     r.add_argument("--steps", type=int, default=None, help="stop after this many steps in all")
     r.add_argument("--batch-size", type=int, default=64, help="mini-batch size (64)")
-    r.add_argument("--optimizer", default="adam", help="sgd, momentum, nesterov, adam, adamw")
+    r.add_argument("--optimizer", default="adam",
+                   help="sgd, adam, adamw, or evolution (gradient-free); default adam")
     r.add_argument("--lr", type=float, default=1e-3, help="learning rate (1e-3)")
-    r.add_argument("--schedule", default=None,
-                   help="learning-rate schedule: step, cosine (with warm-up: cosine+warmup=100)")
+    r.add_argument("--momentum", type=float, default=None, help="sgd: momentum (0)")
+    r.add_argument("--nesterov", action="store_true", help="sgd: Nesterov momentum")
+    r.add_argument("--schedule", default=None, choices=("constant", "step", "cosine"),
+                   help="learning-rate schedule (constant); step needs --step-every, cosine "
+                        "--total-steps")
+    r.add_argument("--total-steps", type=int, default=None, help="cosine: steps to decay over")
+    r.add_argument("--step-every", type=int, default=None, help="step: steps between decays")
+    r.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear learning-rate warm-up over the first N steps")
     r.add_argument("--seed", type=int, default=0, help="seed of weights, order, dropout (0)")
     r.add_argument("--init", default="he", choices=("he", "pytorch"),
                    help="initial weights: He-normal (he), or PyTorch's defaults (pytorch)")

@@ -267,8 +267,12 @@ def transfer(graph: Graph, source, seed: int = 0,
             skipped.append((node.name, "not in the source"))
             continue
         given = {p: np.asarray(a) for p, a in given.items()}
-        wrong = [f"{p} is {given[p].shape if p in given else 'missing'}, expected {tuple(s)}"
-                 for p, s in expected.items() if p not in given or given[p].shape != tuple(s)]
+        missing = [p for p in expected if p not in given]
+        if missing:
+            skipped.append((node.name, f"the source has no {', '.join(missing)}"))
+            continue
+        wrong = [f"{p} is {given[p].shape}, expected {tuple(s)}"
+                 for p, s in expected.items() if given[p].shape != tuple(s)]
         if wrong:
             skipped.append((node.name, "shape mismatch: " + "; ".join(wrong)))
             continue

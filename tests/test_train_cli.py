@@ -34,7 +34,7 @@ def test_train_writes_checkpoint_metrics_plot_and_weights(kernel_cache, tmp_path
 
 
 def test_a_run_killed_at_a_random_moment_resumes_to_the_same_weights(kernel_cache, tmp_path):
-    common = ("--data", "digits", "--epochs", "6", "--batch-size", "16", "--seed", "5",
+    common = ("--data", "digits", "--epochs", "20", "--batch-size", "16", "--seed", "5",
               "--augment", "translate=0.1", "--quiet")
     straight = train(SPEC, *common, "--checkpoint", str(tmp_path / "a"),
                      "--save", str(tmp_path / "a.npz"), cache=kernel_cache)
@@ -48,11 +48,12 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_weights(kernel_cach
         time.sleep(0.01)
     time.sleep(np.random.default_rng().uniform(0, 0.3))     # anywhere in the next epochs
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it was killed"
     resumed = train("--resume", *common, "--checkpoint", str(tmp_path / "b"),
                     "--save", str(tmp_path / "b.npz"), cache=kernel_cache)
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.startswith(f"resumed {checkpoint} at epoch ")
+    resumed_at = int(resumed.stdout.split(" at epoch ")[1].split(",")[0])
+    assert resumed.stdout.startswith(f"resumed {checkpoint} at epoch ") and 1 <= resumed_at < 20
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert set(a) == set(b)
     for key in a:

@@ -61,7 +61,7 @@ def run_both(spec, batch, target, cache_dir, frozen=frozenset(), seed=0):
     ref = cnngen.ReferenceExecutor(spec, seed=seed)
     params = Parameters(graph, ref.weights, frozen)
     t = targets.resolve(target)
-    plan = TrainPlan(graph, batch, t, KernelCache(cache_dir), params, frozen)
+    plan = TrainPlan(graph, batch, t, params, frozen)
     plan.compile(KernelCache(cache_dir))
     x = rng.standard_normal((batch, *graph.input.shape)).astype(np.float32)
     y = labels_for(graph, batch, rng)
@@ -111,8 +111,7 @@ def test_a_network_without_a_loss_cannot_train(kernel_cache):
     del spec["loss"]
     graph = build_graph(spec)
     with pytest.raises(InputError, match="has no loss"):
-        TrainPlan(graph, 2, targets.resolve("cpu"), KernelCache(kernel_cache),
-                  Parameters(graph, cnngen.init_weights(graph)))
+        TrainPlan(graph, 2, targets.resolve("cpu"), Parameters(graph, cnngen.init_weights(graph)))
 
 
 MLP = net("mlp", (64,), [
@@ -192,3 +191,44 @@ def test_the_evolution_strategy_learns_the_digits_without_gradients(kernel_cache
                              cache_dir=kernel_cache, population=40, sigma=0.05)
     history = trainer.fit("digits", epochs=40, progress=False)
     assert history[-1]["val_accuracy"] >= 0.8, history[-1]
+
+
+def test_targets_that_do_not_fit_the_loss_are_refused_before_the_first_step(kernel_cache):
+    trainer = cnngen.Trainer(MLP, cache_dir=kernel_cache)
+    data = cnngen.load_dataset("digits", input_shape=(64,))
+    floats = {"x_train": data.x_train, "y_train": data.y_train.astype(np.float32),
+              "x_test": data.x_test, "y_test": data.y_test.astype(np.float32)}
+    with pytest.raises(InputError, match=r"softmax_cross_entropy takes integer class labels; "
+                       r"received float32 targets"):
+        trainer.fit(floats, epochs=1, progress=False)
+    with pytest.raises(InputError, match=r"labels must be in \[0, 10\).*received 0 to 12"):
+        trainer.train_step(data.x_train[:4], np.array([0, 1, 2, 12]))
+    with pytest.raises(InputError, match="4 samples and 3 targets"):
+        trainer.train_step(data.x_train[:4], np.array([0, 1, 2]))
+    assert trainer.step_count == 0
+    regression = cnngen.Trainer(NETS["mlp_mse"], cache_dir=kernel_cache)
+    with pytest.raises(InputError, match=r"mse takes targets of the output's shape \(2, 3\); "
+                       r"received \(2,\)"):
+        regression.train_step(np.zeros((2, 17), np.float32), np.zeros(2))
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_where_it_stopped(kernel_cache, tmp_path):
+    def trainer():
+        return cnngen.Trainer(MLP, lr=1e-2, batch_size=32, seed=4, cache_dir=kernel_cache)
+    straight = trainer()
+    straight.fit("digits", steps=70, progress=False)
+    first = trainer()
+    first.fit("digits", steps=30, progress=False)              # 30 of the first epoch's 44
+    assert (first.epoch, first.epoch_step) == (0, 30) and first.history[-1]["partial"]
+    first.save(tmp_path / "run.ckpt")
+    resumed = cnngen.Trainer.resume(tmp_path / "run.ckpt", cache_dir=kernel_cache)
+    resumed.fit("digits", steps=70, progress=False)
+    assert (resumed.epoch, resumed.epoch_step, resumed.step_count) == (1, 26, 70)
+    for layer, params in straight.params.weights().items():
+        for name, value in params.items():
+            assert np.array_equal(value, resumed.params.weights()[layer][name]), f"{layer}/{name}"
+
+
+def test_evolution_refuses_options_it_does_not_take(kernel_cache):
+    with pytest.raises(InputError, match="evolution: unknown option 'schedule'"):
+        cnngen.Trainer(MLP, optimizer="evolution", schedule="cosine", cache_dir=kernel_cache)

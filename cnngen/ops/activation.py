@@ -16,6 +16,10 @@ import numpy as np
 from .base import Attr, Choice, Float, Op
 
 LEAKY_ALPHA = 0.01
+# Activations whose derivative needs their input; every other one's is a function of its
+# output (relu, leaky_relu with alpha > 0, sigmoid, tanh), so a layer that fuses it may
+# keep only the output for the backward.
+INPUT_DERIVATIVE = ("swish", "silu", "hardswish")
 
 
 def sigmoid(x):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..ir import Graph, Node
+from ..ops import activation
 
 
 @dataclass(frozen=True)
@@ -37,24 +38,19 @@ class Backward:
     steps: tuple[GradStep, ...]
     sums: dict[str, list[tuple[str, int]]]
 
-    @property
-    def needs_grad(self) -> set[str]:
-        return set(self.sums)
 
-
-# Activations whose derivative needs their input: a layer that fuses one cannot take its
-# gradient from its own output, so training runs it as a separate layer.
-INPUT_DERIVATIVE = ("swish", "silu", "hardswish")
 
 
 def split_activations(graph: Graph) -> Graph:
+    # a layer that fuses an activation keeps only its output, so the activation's
+    # derivative must be a function of that output
     """A conv or dense layer with a fused activation whose derivative reads the activation's
     input becomes the layer plus an activation layer ``<layer>:act`` that its readers read."""
     nodes, renamed = [], {}
     for node in graph.nodes:
         node = replace(node, inputs=tuple(renamed.get(i, i) for i in node.inputs))
         act = node.attrs.get("activation")
-        if act in INPUT_DERIVATIVE and node.op != "add":
+        if act in activation.INPUT_DERIVATIVE and node.op != "add":
             linear = replace(node, attrs={**node.attrs, "activation": "identity"})
             act_node = Node(f"{node.name}:act", act, (node.name,), {}, (node.out,), node.out,
                             {}, {}, 0)

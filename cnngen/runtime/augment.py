@@ -230,7 +230,8 @@ class Augment:
         return hash(tuple(self.ops.items()))
 
     def __str__(self) -> str:
-        return ",".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+        # repr of a float is its shortest exact text, so Augment(str(a)) == a bit for bit
+        return ",".join(f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
                         for name, value in self.ops.items())
 
     def __repr__(self) -> str:

@@ -38,9 +38,21 @@ def positions(params: Parameters, layer: str, part: str) -> dict[str, np.ndarray
     return out
 
 
-def source_index(const: Const, params: Parameters, packed: np.ndarray) -> np.ndarray | None:
+def probe_values(params: Parameters, layer: str, probe: np.ndarray) -> dict[str, np.ndarray]:
+    """The layer's parameters as slices of ``probe`` (a random stand-in for ``params.flat``)."""
+    out = dict(params.layer(layer))
+    for name, value in out.items():
+        offset = params.offset(layer, name)
+        if offset is not None:
+            out[name] = probe[offset:offset + value.size].reshape(value.shape)
+    return out
+
+
+def source_index(const: Const, params: Parameters, packed: np.ndarray,
+                 probe: np.ndarray) -> np.ndarray | None:
     """For each slot of ``const``, the position in ``params.flat`` it copies (padding slots:
-    the trailing zero); None when the pack is not a pure copy."""
+    the trailing zero); None when the pack is not a pure copy: checked on random values
+    ``probe``, so a pack that scales or adds is caught even where the weights are zero."""
     high = np.asarray(const.pack(positions(params, const.layer, "high")), np.float64).ravel()
     low = np.asarray(const.pack(positions(params, const.layer, "low")), np.float64).ravel()
     if high.shape != packed.shape or low.shape != packed.shape:
@@ -50,7 +62,8 @@ def source_index(const: Const, params: Parameters, packed: np.ndarray) -> np.nda
         return None
     index = where.astype(np.int64) - 1
     index[index < 0] = params.size                   # the zero slot
-    if not np.array_equal(params.flat[index], packed):
+    shuffled = np.asarray(const.pack(probe_values(params, const.layer, probe)), np.float32).ravel()
+    if not (np.array_equal(params.flat[index], packed) and np.array_equal(probe[index], shuffled)):
         return None
     return index.astype(np.int32)
 
@@ -64,7 +77,10 @@ class PackedConstants:
         packed = {c: np.ascontiguousarray(c.pack(params.layer(c.layer)), np.float32).ravel()
                   for c in consts}
         trainable = params.trainable_layers
-        index = {c: source_index(c, params, packed[c]) for c in consts if c.layer in trainable}
+        probe = np.random.default_rng(0).uniform(1.0, 2.0, params.size + 1).astype(np.float32)
+        probe[params.size] = 0.0
+        index = {c: source_index(c, params, packed[c], probe) for c in consts
+                 if c.layer in trainable}
         self.gathered = [c for c in consts if index.get(c) is not None]
         self.numpy = [c for c in consts if c.layer in trainable and c not in self.gathered]
         total = sum(packed[c].size for c in self.gathered)

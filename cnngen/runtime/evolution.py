@@ -34,8 +34,16 @@ class Evolution:
 
     name = "evolution"
 
-    def __init__(self, n_params: int, lr: float = 0.05, seed: int = 0, population: int = 50,
-                 sigma: float = 0.05, betas=(0.9, 0.999), eps: float = 1e-8):
+    options = ("population", "sigma", "betas", "eps")
+
+    def __init__(self, n_params: int, lr: float = 0.05, seed: int = 0, **options):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise InputError(f"evolution: unknown option {unknown[0]!r}; expected one of "
+                             f"{', '.join(self.options)} (it takes no learning-rate schedule "
+                             f"and no weight decay).")
+        population, sigma = options.get("population", 50), options.get("sigma", 0.05)
+        betas, eps = options.get("betas", (0.9, 0.999)), options.get("eps", 1e-8)
         if isinstance(population, bool) or not isinstance(population, int) or population < 2 \
                 or population % 2:
             raise InputError(f"population: expected an even integer >= 2 (mirrored pairs); "

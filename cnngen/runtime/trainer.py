@@ -44,7 +44,7 @@ from .training import TrainPlan
 
 # Names that select the gradient-free evolution strategy.
 EVOLUTION = ("evolution", "es")
-# Training plans (one per batch size: the epoch's last partial batch, evaluation) kept.
+# Training plans kept, one per batch size a caller of train_step used (fit uses one).
 MAX_TRAIN_PLANS = 3
 
 
@@ -94,10 +94,10 @@ class Trainer:
             self.optimizer = make_optimizer(optimizer, self.params.size, self.params.n_decayed,
                                             l2, lr, self.target, **options)
             self.frozen_in_plan = self.frozen
-        self.step_count, self.epoch, self.history = 0, 0, []
+        # completed epochs, batches done in the current one, optimizer steps in all
+        self.epoch, self.epoch_step, self.step_count, self.history = 0, 0, 0, []
         self._plans: dict[int, TrainPlan] = {}
         self._packed: dict[int, int] = {}          # plan batch -> the step its constants show
-        self._optimizer_steps = None
         self._net: CompiledNet | None = None
         self._net_step = -1
 
@@ -106,7 +106,7 @@ class Trainer:
     def _plan(self, n_batch: int) -> TrainPlan:
         plan = self._plans.get(n_batch)
         if plan is None:
-            plan = TrainPlan(self.graph, n_batch, self.target, self.cache, self.params,
+            plan = TrainPlan(self.graph, n_batch, self.target, self.params,
                              self.frozen_in_plan)
             plan.compile(self.cache)
             self._plans[n_batch] = plan
@@ -121,13 +121,15 @@ class Trainer:
         """One optimizer step on the batch ``(x, y)``: ``(loss, correct)`` of the batch
         (the loss without the L2 term, as the forward saw it)."""
         x = as_batch(self.graph, x)
+        y = self._check_targets(np.asarray(y), len(x), "train_step")
         plan = self._plan(x.shape[0])
         plan.set_dropout_seeds(self.seed, self.step_count)
         if isinstance(self.optimizer, Evolution):
-            return self._evolve(plan, x, np.asarray(y))
-        plan.run(x, np.asarray(y))
+            return self._evolve(plan, x, y)
+        plan.run(x, y)
         value = plan.loss()
-        if not np.isfinite(value):
+        # one pass over the gradients: a NaN or Inf anywhere makes the sum non-finite
+        if not (np.isfinite(value) and np.isfinite(np.sum(self.params.grads[:self.params.size]))):
             where = plan.first_non_finite() or "the loss"
             raise TrainingError(f"step {self.step_count} (epoch {self.epoch + 1}): the loss is "
                                 f"{value}; the first non-finite value is in {where}. The weights "
@@ -151,7 +153,8 @@ class Trainer:
         if not np.isfinite(value):
             raise TrainingError(f"generation {self.step_count}: a candidate's loss is not "
                                 f"finite; lower sigma or the learning rate.")
-        fitness()                          # the new centre's hits on this batch
+        fitness()                          # the new centre's hits and batch statistics
+        plan.update_running_stats()
         self.step_count += 1
         self._packed[x.shape[0]] = self.step_count
         return value, plan.correct()
@@ -173,10 +176,9 @@ class Trainer:
     def evaluate(self, x, y, batch_size: int = 256) -> dict[str, float]:
         """``{"loss", "accuracy"}`` of the inference net on ``(x, y)`` (accuracy for
         classification only); the loss is the spec's, without the L2 term."""
-        net, y = self.net, np.asarray(y)
+        net = self.net
         x = as_batch(self.graph, x)
-        if len(y) != len(x):
-            raise InputError(f"evaluate: x has {len(x)} samples and y has {len(y)}.")
+        y = self._check_targets(np.asarray(y), len(x), "evaluate")
         outs = np.concatenate([net(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         value, _ = losses.value_and_grad(self.graph.loss.op, outs.astype(np.float64), y)
         result = {"loss": value}
@@ -190,8 +192,9 @@ class Trainer:
             progress: bool = True, checkpoint=None, metrics=None, plot=None,
             validation: float = 0.0) -> list[dict]:
         """Train for ``epochs`` more epochs (or until ``steps`` optimizer steps in all), on a
-        dataset name, an .npz path or a dict of arrays. After each epoch: evaluation on the
-        validation split (or the test set), a record in ``history``, a checkpoint
+        dataset name, an .npz path or a dict of arrays. Each epoch reshuffles and drops its
+        last partial batch. After each epoch (or where ``steps`` ends inside one): evaluation
+        on the validation split (or the test set), a record in ``history``, a checkpoint
         ``<checkpoint>/last.ckpt`` and the metrics file when asked. Returns ``history``."""
         from tqdm import tqdm
 
@@ -207,7 +210,8 @@ class Trainer:
                 steps is None or self.step_count < steps):
             batches = Batches(dataset.x_train, dataset.y_train, self.batch_size, shuffle=True,
                               seed=self.seed, epoch=self.epoch, augment=self.augment,
-                              drop_last=len(dataset.x_train) >= self.batch_size)
+                              drop_last=len(dataset.x_train) >= self.batch_size,
+                              start=self.epoch_step)
             bar = tqdm(total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress,
                        leave=False, unit="batch")
             start, seen, loss_sum, hits = time.perf_counter(), 0, 0.0, 0
@@ -221,13 +225,18 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}",
                                     img_s=f"{rate:.0f}", refresh=False)
                     bar.update()
+                    self.epoch_step += 1
                     if steps is not None and self.step_count >= steps:
                         break
             seconds = time.perf_counter() - start
-            self.epoch += 1
-            record = {"epoch": self.epoch, "step": self.step_count,
+            finished = self.epoch_step >= batches.n_batches
+            if finished:
+                self.epoch, self.epoch_step = self.epoch + 1, 0
+            record = {"epoch": self.epoch if finished else self.epoch + 1, "step": self.step_count,
                       "loss": loss_sum / max(seen, 1), "seconds": seconds,
                       "images_per_s": seen / max(seconds, 1e-9)}
+            if not finished:
+                record["partial"] = True           # stopped by steps= inside the epoch
             if self._classifies(dataset):
                 record["accuracy"] = hits / max(seen, 1)
             if x_eval is not None and len(x_eval):
@@ -244,15 +253,36 @@ class Trainer:
             plot_history(self.history, plot)
         return self.history
 
+    def _check_targets(self, y: np.ndarray, n: int, where: str) -> np.ndarray:
+        """``y`` as the loss takes it, or InputError saying what it expected."""
+        out = self.graph.output.out
+        if len(y) != n:
+            raise InputError(f"{where}: {n} samples and {len(y)} targets.")
+        if self.graph.loss.op == "softmax_cross_entropy":
+            if not np.issubdtype(y.dtype, np.integer):
+                raise InputError(f"{where}: the loss softmax_cross_entropy takes integer class "
+                                 f"labels; received {y.dtype} targets (for a regression, use "
+                                 f"'loss: {{op: mse}}').")
+            label_shape = (n, *out.spatial)
+            if y.shape != label_shape:
+                raise InputError(f"{where}: labels must have shape {label_shape}; received "
+                                 f"{y.shape}.")
+            if y.size and (y.min() < 0 or y.max() >= out.channels):
+                raise InputError(f"{where}: labels must be in [0, {out.channels}) (the units of "
+                                 f"{self.graph.output.name!r}); received {y.min()} to {y.max()}.")
+            return y
+        if y.shape == (n,) and out.shape == (1,):
+            y = y.reshape(n, 1)
+        if y.shape != (n, *out.shape):
+            raise InputError(f"{where}: the loss mse takes targets of the output's shape "
+                             f"{(n, *out.shape)}; received {y.shape}.")
+        return y.astype(np.float32)
+
     def _classifies(self, dataset) -> bool:
         return self.graph.loss.op == "softmax_cross_entropy" and dataset.n_classes is not None
 
     def _check_data(self, dataset) -> None:
-        expected = self.graph.input.shape
-        if dataset.x_train.shape[1:] != expected:
-            raise InputError(f"data {dataset.name!r}: samples have shape "
-                             f"{dataset.x_train.shape[1:]}, and {self.graph.name!r} takes "
-                             f"{self.graph.input}; change the spec's input shape.")
+        self._check_targets(dataset.y_train[:1], 1, f"data {dataset.name!r}")
         classes = self.graph.output.out.channels
         if self._classifies(dataset) and dataset.n_classes > classes:
             raise InputError(f"data {dataset.name!r} has {dataset.n_classes} classes, and the "
@@ -263,10 +293,15 @@ class Trainer:
     def save(self, path) -> None:
         """Write a checkpoint (spec, weights, optimizer state, epoch, step, history)
         atomically: a kill during the save leaves the previous file intact."""
+        if self.augment is not None and not isinstance(self.augment, Augment):
+            raise InputError("save: a checkpoint cannot hold a Python callable as the "
+                             "augmentation; give augment as a string such as 'flip_h,crop=4' "
+                             "to save and resume the run.")
         checkpoints.save_checkpoint(
             path, spec=self.spec, weights=self.params.weights(),
             optimizer=self.optimizer.state(),
-            meta={"epoch": self.epoch, "step": self.step_count, "history": self.history,
+            meta={"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step_count,
+                  "history": self.history,
                   "settings": self.settings})
 
     @classmethod
@@ -279,6 +314,7 @@ class Trainer:
                       **s["options"])
         trainer.optimizer.load_state(saved.optimizer)
         trainer.epoch, trainer.step_count = saved.meta["epoch"], saved.meta["step"]
+        trainer.epoch_step = saved.meta["epoch_step"]
         trainer.history = list(saved.meta["history"])
         return trainer
 

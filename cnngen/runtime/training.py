@@ -1,6 +1,7 @@
 """A training step at one batch size: forward in training mode, loss, backward, all kernels.
 
-    plan = TrainPlan(graph, n_batch, target, cache, params, frozen)
+    plan = TrainPlan(graph, n_batch, target, params, frozen)
+    plan.compile(cache)            # load or compile every kernel
     plan.run(x, labels)            # forward, loss and every gradient into params.grads
     plan.loss(), plan.correct()    # the batch's mean loss (without L2), and its hits
 
@@ -70,8 +71,8 @@ def backward_calls(g: GradLowering) -> list[Call]:
 
 
 class TrainPlan:
-    def __init__(self, graph: Graph, n_batch: int, target: Target, cache: KernelCache,
-                 params: Parameters, frozen: set[str] = frozenset()):
+    def __init__(self, graph: Graph, n_batch: int, target: Target, params: Parameters,
+                 frozen: set[str] = frozenset()):
         graph = split_activations(graph)
         verify(graph)
         if graph.loss is None:
@@ -90,7 +91,6 @@ class TrainPlan:
                            n_batch, target, None, tuple(self.layouts[r] for r in node.refs),
                            self.layouts)
             self.calls += TRAIN.get(node.op, LOWER[node.op])(low)
-        self.n_forward = len(self.calls)
         self.layouts[LOSS_TARGET] = target_layout(graph.loss.op, out.out, v)
         # each gradient with the halo its producer's backward reads it with
         self.grad_layouts = {node.name: Blocked.of(node.out, v, GRAD_HALO[node.op](node)

@@ -29,9 +29,8 @@ from . import LEAKY_ALPHA, GradLowering
 from .elementwise import operand, padded
 
 # What each activation's derivative reads: its input (the pre-activation) or its output.
-DERIVATIVE_READS = {"identity": "output", "relu": "output", "leaky_relu": "output",
-                    "sigmoid": "output", "tanh": "output",
-                    "swish": "input", "silu": "input", "hardswish": "input"}
+DERIVATIVE_READS = {name: "input" if name in activation.INPUT_DERIVATIVE else "output"
+                    for name in activation.NAMES}
 DERIVATIVE = {name: f"{'swish' if name == 'silu' else name}_grad" for name in activation.NAMES}
 UNUSED = {"batch": 0, "block": 0, "row": 0, "origin": 0}
 

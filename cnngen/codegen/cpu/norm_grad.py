@@ -157,7 +157,8 @@ def encode_seed(seed: int) -> np.ndarray:
 def step_seed(run_seed: int, step: int) -> np.ndarray:
     """The ``<layer>:seed`` buffer for training step ``step`` of a run seeded ``run_seed``:
     (run_seed mod 2**24, step mod 2**24) as (hi, lo), so no two steps of a run (below 2**24
-    steps) and no two runs share a mask, and a resumed run draws the masks it would have."""
+    steps) and no two runs with seeds below 2**24 share a mask, and a resumed run draws the
+    masks it would have."""
     low = (1 << SEED_BITS) - 1
     return encode_seed(((int(run_seed) & low) << SEED_BITS) | (int(step) & low))
 
