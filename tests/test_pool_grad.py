@@ -29,6 +29,7 @@ from cnngen.target import resolve
 
 from .kernel_harness import run_calls
 from .test_cpu_ops import TARGETS
+from .workloads import unpool
 
 TRAIN = {**pool_grad.TRAIN, **elementwise_grad.TRAIN, **norm_grad.TRAIN}
 BACKWARD = {**pool_grad.BACKWARD, **elementwise_grad.BACKWARD, **norm_grad.BACKWARD}
@@ -154,15 +155,6 @@ def check_written(buffer, layout: Blocked, n: int, name: str):
 def single(op, shape, **attrs):
     b = Builder(f"t_{op}", shape)
     b.layer(op, "y", **attrs)
-    return b.spec()
-
-
-def unpool(shape, **pool):
-    """A max pool with switches, tanh, then max_unpool through the pool's switches."""
-    b = Builder("t_unpool", shape)
-    b.maxpool2d("p", return_switches=True, **pool)
-    b.tanh("t")
-    b.max_unpool("y", switches="p")
     return b.spec()
 
 

@@ -183,6 +183,9 @@ def test_transfer_learning_loads_by_name_freezes_and_replaces_the_head(kernel_ca
     assert history[-1]["val_accuracy"] >= 0.9
     with pytest.raises(InputError, match=r"freeze: 'conv\*' matches no layer"):
         cnngen.Trainer(head, freeze=["conv*"], cache_dir=kernel_cache)
+    with pytest.raises(InputError, match=r"freeze: out would stay at random initial weights.*"
+                       r"shape mismatch: w is \(10, 48\), expected \(5, 48\)"):
+        cnngen.Trainer(head, weights=source.net.weights, freeze=["out"], cache_dir=kernel_cache)
 
 
 def test_the_evolution_strategy_learns_the_digits_without_gradients(kernel_cache):

@@ -81,6 +81,12 @@ class Trainer:
             start, self.transfer_report = init_weights(self.graph, seed, init), None
         else:
             start, self.transfer_report = transfer(self.graph, weights, seed, init)
+            unloaded = [f"{layer}: {why}" for layer, why in self.transfer_report.skipped
+                         if layer in self.frozen]
+            if unloaded:
+                raise InputError(f"freeze: {', '.join(u.split(':')[0] for u in unloaded)} would "
+                                 f"stay at random initial weights, which the source does not "
+                                 f"replace ({'; '.join(unloaded)}).")
         self.params = Parameters(self.graph, start, self.frozen)
         self.settings = {"optimizer": optimizer, "lr": lr, "batch_size": batch_size,
                          "seed": seed,
