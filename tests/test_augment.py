@@ -241,3 +241,8 @@ def test_a_large_batch_runs_every_op():
                   "grayscale=0.2")
     out = aug(x, rng())
     assert out.shape == x.shape and np.isfinite(out).all()
+
+
+def test_the_text_of_an_augment_reads_back_bit_for_bit():
+    a = Augment("brightness=0.123456789,rotate=10,contrast=0.1")
+    assert Augment(str(a)) == a and "brightness=0.123456789" in str(a) and "rotate=10," in str(a)

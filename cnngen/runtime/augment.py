@@ -230,12 +230,18 @@ class Augment:
         return hash(tuple(self.ops.items()))
 
     def __str__(self) -> str:
-        # repr of a float is its shortest exact text, so Augment(str(a)) == a bit for bit
-        return ",".join(f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
+        return ",".join(f"{name}={exact(value)}" if isinstance(value, float) else f"{name}={value}"
                         for name, value in self.ops.items())
 
     def __repr__(self) -> str:
         return f"Augment({str(self)!r})"
+
+
+def exact(value: float) -> str:
+    """The shortest text that reads back as exactly ``value`` ("10", "0.123456789"), so
+    ``Augment(str(a)) == a`` bit for bit: a checkpoint resumes the same augmentation."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def as_augment(value) -> Augment | Callable | None:
