@@ -32,22 +32,8 @@ def activation_values(name: str, alpha: float = LEAKY_ALPHA) -> dict:
     return {"activation": ACTIVATIONS[name], "alpha": float(alpha)}
 
 
-@dataclass
-class Lowering:
-    node: Node
-    ins: tuple[Blocked, ...]
-    out: Blocked
-    n_batch: int
-    target: Target
-    schedule: Schedule | None = None
-    refs: tuple[Blocked, ...] = ()
-    temps: dict[str, Blocked | Flat] = field(default_factory=dict)
-    avoid: frozenset[Schedule] = frozenset()     # heuristic schedules whose kernels spilled
-
-    def heuristic(self, ranked: list[Schedule]) -> Schedule:
-        """The best of ``ranked`` (best first) whose kernel is not known to spill; the last
-        one when all are."""
-        return next((s for s in ranked if s not in self.avoid), ranked[-1])
+class LayerBuffers:
+    """The buffers a lowering of ``self.node`` names: its activations and its temps."""
 
     def temp(self, what: str, layout: Blocked | Flat) -> Buffer:
         """A zero-initialised scratch buffer owned by this layer."""
@@ -64,13 +50,31 @@ class Lowering:
         return Buffer(self.node.name)
 
 
+@dataclass
+class Lowering(LayerBuffers):
+    node: Node
+    ins: tuple[Blocked, ...]
+    out: Blocked
+    n_batch: int
+    target: Target
+    schedule: Schedule | None = None
+    refs: tuple[Blocked, ...] = ()
+    temps: dict[str, Blocked | Flat] = field(default_factory=dict)
+    avoid: frozenset[Schedule] = frozenset()     # heuristic schedules whose kernels spilled
+
+    def heuristic(self, ranked: list[Schedule]) -> Schedule:
+        """The best of ``ranked`` (best first) whose kernel is not known to spill; the last
+        one when all are."""
+        return next((s for s in ranked if s not in self.avoid), ranked[-1])
+
+
 def grad_name(tensor: str) -> str:
     """The buffer holding dL/d(tensor) in a training plan."""
     return f"{tensor}:grad"
 
 
 @dataclass
-class GradLowering:
+class GradLowering(LayerBuffers):
     """What a backward lowering needs: the forward node (in the training graph, so possibly
     a conv with a fused activation), the layouts of its forward inputs and output and of
     their gradients, and which gradients to compute.
@@ -96,23 +100,9 @@ class GradLowering:
     refs: tuple[Blocked, ...] = ()
     temps: dict[str, Blocked | Flat] = field(default_factory=dict)
 
-    def temp(self, what: str, layout: Blocked | Flat) -> Buffer:
-        """A zero-initialised scratch buffer owned by this layer's backward."""
-        name = f"{self.node.name}:{what}"
-        self.temps[name] = layout
-        return Buffer(name)
-
     def saved(self, what: str) -> Buffer:
         """A temp the training forward of this layer wrote (``Lowering.temp(what, ...)``)."""
         return Buffer(f"{self.node.name}:{what}")
-
-    @property
-    def inputs(self) -> tuple[Buffer, ...]:
-        return tuple(Buffer(name) for name in self.node.inputs)
-
-    @property
-    def output(self) -> Buffer:
-        return Buffer(self.node.name)
 
     @property
     def grad_output(self) -> Buffer:
