@@ -49,6 +49,11 @@ class LayerBuffers:
     def output(self) -> Buffer:
         return Buffer(self.node.name)
 
+    def heuristic(self, ranked: list[Schedule]) -> Schedule:
+        """The best of ``ranked`` (best first) whose kernel is not known to spill; the last
+        one when all are."""
+        return next((s for s in ranked if s not in self.avoid), ranked[-1])
+
 
 @dataclass
 class Lowering(LayerBuffers):
@@ -61,11 +66,6 @@ class Lowering(LayerBuffers):
     refs: tuple[Blocked, ...] = ()
     temps: dict[str, Blocked | Flat] = field(default_factory=dict)
     avoid: frozenset[Schedule] = frozenset()     # heuristic schedules whose kernels spilled
-
-    def heuristic(self, ranked: list[Schedule]) -> Schedule:
-        """The best of ``ranked`` (best first) whose kernel is not known to spill; the last
-        one when all are."""
-        return next((s for s in ranked if s not in self.avoid), ranked[-1])
 
 
 def grad_name(tensor: str) -> str:
@@ -99,6 +99,7 @@ class GradLowering(LayerBuffers):
     schedule: Schedule | None = None
     refs: tuple[Blocked, ...] = ()
     temps: dict[str, Blocked | Flat] = field(default_factory=dict)
+    avoid: frozenset[Schedule] = frozenset()     # heuristic schedules whose kernels spilled
 
     def saved(self, what: str) -> Buffer:
         """A temp the training forward of this layer wrote (``Lowering.temp(what, ...)``)."""
@@ -121,11 +122,11 @@ class GradLowering(LayerBuffers):
 
 
 def _registry():
-    from . import (conv, conv_grad, dense, dense_grad, elementwise, elementwise_grad, norm_grad,
-                   pool, pool_grad)
+    from . import (conv, conv_grad, conv_transpose_grad, dense, dense_grad, elementwise,
+                   elementwise_grad, norm_grad, pool, pool_grad)
     lower, halo, space, train, backward, grad_halo = {}, {}, {}, {}, {}, {}
-    for module in (conv, pool, elementwise, dense, conv_grad, dense_grad, pool_grad,
-                   elementwise_grad, norm_grad):
+    for module in (conv, pool, elementwise, dense, conv_grad, conv_transpose_grad, dense_grad,
+                   pool_grad, elementwise_grad, norm_grad):
         lower.update(getattr(module, "LOWER", {}))
         halo.update(getattr(module, "HALO", {}))
         space.update(getattr(module, "SPACE", {}))
