@@ -12,6 +12,7 @@ from cnngen import target as targets
 from cnngen.codegen.cache import KernelCache
 from cnngen.errors import InputError
 from cnngen.passes.autodiff import differentiate
+from cnngen.passes.training import for_training
 from cnngen.runtime.parameters import Parameters
 from cnngen.runtime.training import TrainPlan
 from cnngen.spec import build_graph
@@ -46,6 +47,32 @@ NETS = {
         conv("c2", 4, 3, op="conv1d", stride=2, dilation=2, activation="leaky_relu"),
         {"name": "flat", "op": "flatten"},
         {"name": "out", "op": "dense", "units": 2}], loss="mse"),
+    # batch norm blocks that training fuses (passes.training): bn+relu+pool with overlapping
+    # padded windows, bn+leaky_relu, bn+pool, bn+sigmoid; gammas of both signs (run_both);
+    # bias-free convs, as a bias before a batch norm has a gradient of exactly 0
+    "bn_blocks": net("bn_blocks", (3, 13, 11), [
+        conv("c1", 6, 3, padding=1, bias=False),
+        {"name": "bn1", "op": "batchnorm"},
+        {"name": "r1", "op": "relu"},
+        {"name": "p1", "op": "maxpool2d", "size": 3, "stride": 2, "padding": 1},
+        conv("c2", 5, 3, padding=1, bias=False),
+        {"name": "bn2", "op": "batchnorm"},
+        {"name": "a2", "op": "leaky_relu", "alpha": 0.1},
+        conv("c3", 4, 1, bias=False),
+        {"name": "bn3", "op": "batchnorm"},
+        {"name": "p3", "op": "maxpool2d", "size": 2},
+        conv("c4", 19, 3, padding=1, bias=False),
+        {"name": "bn4", "op": "batchnorm"},
+        {"name": "s4", "op": "sigmoid"},
+        {"name": "flat", "op": "flatten"},
+        {"name": "out", "op": "dense", "units": 5}], l2=1e-3),
+    "bn_blocks_1d": net("bn_blocks_1d", (2, 29), [
+        conv("c1", 7, 3, op="conv1d", bias=False),
+        {"name": "bn1", "op": "batchnorm"},
+        {"name": "t1", "op": "tanh"},
+        {"name": "p1", "op": "maxpool1d", "size": 2},
+        {"name": "flat", "op": "flatten"},
+        {"name": "out", "op": "dense", "units": 3}], loss="mse"),
 }
 
 
@@ -59,6 +86,12 @@ def run_both(spec, batch, target, cache_dir, frozen=frozenset(), seed=0):
     graph = build_graph(spec)
     rng = np.random.default_rng(seed)
     ref = cnngen.ReferenceExecutor(spec, seed=seed)
+    for node in graph.nodes:
+        if node.op == "batchnorm":      # normalise with gammas of both signs
+            channels = node.out.channels
+            ref.weights[node.name]["gamma"][...] = rng.uniform(0.5, 1.5, channels) * np.where(
+                np.arange(channels) % 3 == 1, -1.0, 1.0)
+            ref.weights[node.name]["beta"][...] = rng.uniform(-0.5, 0.5, channels)
     params = Parameters(graph, ref.weights, frozen)
     t = targets.resolve(target)
     plan = TrainPlan(graph, batch, t, params, frozen)
@@ -86,6 +119,22 @@ def test_loss_and_every_gradient_match_the_reference(name, target, kernel_cache)
             scale = max(1e-3, float(np.abs(want).max()))
             np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4,
                                        atol=5e-5 * scale, err_msg=f"{name}: {layer}/{p}")
+
+
+def test_batch_norm_blocks_fuse_for_training():
+    graph = for_training(build_graph(NETS["bn_blocks"]))
+    fused = {n.name: [f.name for f in n.fused] for n in graph.nodes if n.fused}
+    assert fused == {"p1": ["bn1", "r1", "p1"], "a2": ["bn2", "a2"], "p3": ["bn3", "p3"],
+                     "s4": ["bn4", "s4"]}
+    assert [n.op for n in graph.nodes if n.name in fused] == ["batchnorm"] * 4
+
+
+def test_a_frozen_batch_norm_stays_frozen_inside_its_fused_block(kernel_cache):
+    *_, params, plan, _, grads = run_both(NETS["bn_blocks"], 2, "cpu", kernel_cache,
+                                          frozen={"bn1", "c1"})
+    assert not {"bn1", "c1"} & set(params.grad_views)
+    np.testing.assert_allclose(params.grad_views["bn2"]["gamma"], grads.weights["bn2"]["gamma"],
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_the_first_layer_computes_no_input_gradient():

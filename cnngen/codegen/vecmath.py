@@ -226,6 +226,63 @@ def leaky_relu(typingctx, v, alpha):
     return v(v, alpha), codegen
 
 
+# ---- derivatives from the activation's output y ----------------------------------------------
+# relu, leaky_relu, sigmoid and tanh have derivatives that are functions of y = act(x), so a
+# backward needs only the forward's output (or recomputes y). The kinks follow PyTorch:
+# relu'(0) = 0, leaky_relu'(0) = alpha; a NaN y gives relu' = 0 and leaky_relu' = alpha.
+
+def _identity_grad(builder, width: int, y):
+    """1."""
+    return _const(width, 1.0)
+
+
+def _relu_grad(builder, width: int, y):
+    """relu' from y = relu(x): 1 where y > 0, else 0."""
+    return builder.select(builder.fcmp_ordered(">", y, _const(width, 0.0)), _const(width, 1.0),
+                          _const(width, 0.0))
+
+
+def _sigmoid_grad(builder, width: int, y):
+    """sigmoid' from y = sigmoid(x): y*(1 - y)."""
+    return builder.fmul(y, builder.fsub(_const(width, 1.0), y))
+
+
+def _tanh_grad(builder, width: int, y):
+    """tanh' from y = tanh(x): 1 - y*y."""
+    return builder.fsub(_const(width, 1.0), builder.fmul(y, y))
+
+
+identity_grad = _unary(_identity_grad, "identity_grad")
+relu_grad = _unary(_relu_grad, "relu_grad")
+sigmoid_grad = _unary(_sigmoid_grad, "sigmoid_grad")
+tanh_grad = _unary(_tanh_grad, "tanh_grad")
+
+
+@intrinsic
+def leaky_relu_grad(typingctx, y, alpha):
+    """leaky_relu' from y = leaky_relu(x, alpha): 1 where y > 0, else alpha."""
+    if not (isinstance(y, FloatVector) and isinstance(alpha, (types.Float, types.Integer))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        alphas = splat_ir(builder, context.cast(builder, args[1], sig.args[1], types.float32),
+                          y.width)
+        return builder.select(builder.fcmp_ordered(">", args[0], _const(y.width, 0.0)),
+                              _const(y.width, 1.0), alphas)
+    return y(y, alpha), codegen
+
+
+# activation name -> the function of this module that gives its derivative from its output;
+# called as ``${derivative}(y, ALPHA)`` like the activations.
+OUTPUT_DERIVATIVES: dict[str, str] = {
+    "identity": "identity_grad",
+    "relu": "relu_grad",
+    "leaky_relu": "leaky_relu_grad",
+    "sigmoid": "sigmoid_grad",
+    "tanh": "tanh_grad",
+}
+
+
 # activation name (ops/activation.NAMES) -> the function in this module a template calls.
 # Each takes the vector alone, except leaky_relu(v, alpha).
 ACTIVATIONS: dict[str, str] = {

@@ -10,10 +10,9 @@ by several (a residual shortcut, inception branches) sums their contributions fi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..ir import Graph, Node
-from ..ops import activation
 
 
 @dataclass(frozen=True)
@@ -39,30 +38,10 @@ class Backward:
     sums: dict[str, list[tuple[str, int]]]
 
 
-
-
-def split_activations(graph: Graph) -> Graph:
-    # a layer that fuses an activation keeps only its output, so the activation's
-    # derivative must be a function of that output
-    """A conv or dense layer with a fused activation whose derivative reads the activation's
-    input becomes the layer plus an activation layer ``<layer>:act`` that its readers read."""
-    nodes, renamed = [], {}
-    for node in graph.nodes:
-        node = replace(node, inputs=tuple(renamed.get(i, i) for i in node.inputs))
-        act = node.attrs.get("activation")
-        if act in activation.INPUT_DERIVATIVE and node.op != "add":
-            linear = replace(node, attrs={**node.attrs, "activation": "identity"})
-            act_node = Node(f"{node.name}:act", act, (node.name,), {}, (node.out,), node.out,
-                            {}, {}, 0)
-            nodes += [linear, act_node]
-            renamed[node.name] = act_node.name
-        else:
-            nodes.append(node)
-    return replace(graph, nodes=tuple(nodes))
-
-
 def trainable(node: Node, frozen: set[str]) -> bool:
-    return bool(node.params) and node.name not in frozen
+    """Whether ``node`` has parameters to train: a fused node is frozen when its spec layer
+    that owns them is."""
+    return bool(node.params) and not any(n.name in frozen for n in node.fused or (node,))
 
 
 def differentiate(graph: Graph, frozen: set[str] = frozenset()) -> Backward:

@@ -5,9 +5,10 @@
     plan.run(x, labels)            # forward, loss and every gradient into params.grads
     plan.loss(), plan.correct()    # the batch's mean loss (without L2), and its hits
 
-The forward lowers the unfused graph with each op's training-mode lowering where it has one
-(``TRAIN``: batch statistics, dropout masks, max-pool switches), else its inference one;
-every activation stays in its own buffer for the backward. The backward follows
+The forward lowers the training graph (``passes.training``: batch norm -> activation -> max
+pool fused into one pass, nothing folded) with each op's training-mode lowering where it
+has one (``TRAIN``: batch statistics, dropout masks, max-pool switches), else its inference
+one; every other activation stays in its own buffer for the backward. The backward follows
 ``passes.autodiff``: each layer's ``BACKWARD`` lowering, and an add kernel where several
 readers' gradient contributions meet. Parameter gradients land in ``params.grads`` (PyTorch
 layouts); after the optimizer changes ``params.flat``, ``repack()`` refreshes the packed
@@ -31,8 +32,8 @@ from ..codegen.layout import Blocked, Flat
 from ..codegen.parallel import MAX_ARGS
 from ..errors import InputError
 from ..ir import Graph, Node
-from ..passes import verify
-from ..passes.autodiff import differentiate, split_activations
+from ..passes.autodiff import differentiate
+from ..passes.training import block_parts, for_training
 from ..target import Target
 from .constants import PackedConstants
 from .parameters import Parameters
@@ -57,11 +58,12 @@ def check_supported(graph: Graph, nodes, ops: dict, what: str) -> None:
 
 
 def backward_calls(g: GradLowering) -> list[Call]:
-    """The backward of ``g.node``; a fused activation's derivative (from the layer's output,
-    which ``split_activations`` guarantees) is applied to dY in place first."""
+    """The backward of ``g.node``; a conv's or dense layer's fused activation's derivative
+    (from the layer's output, which ``split_activations`` guarantees) is applied to dY in
+    place first (add and a fused batch norm apply their own)."""
     node = g.node
     act = node.attrs.get("activation", "identity")
-    if node.op == "add" or act == "identity":
+    if node.op in ("add", "batchnorm") or act == "identity":
         return BACKWARD[node.op](g)
     derivative = activation_grad(node.name, act, (g.grad_output, g.d_out), (g.output, g.out),
                                  [(g.grad_output, g.d_out)], g.n_batch,
@@ -73,8 +75,7 @@ def backward_calls(g: GradLowering) -> list[Call]:
 class TrainPlan:
     def __init__(self, graph: Graph, n_batch: int, target: Target, params: Parameters,
                  frozen: set[str] = frozenset()):
-        graph = split_activations(graph)
-        verify(graph)
+        graph = for_training(graph)
         if graph.loss is None:
             raise InputError(f"network {graph.name!r} has no loss; add 'loss: {{op: "
                              f"softmax_cross_entropy}}' or 'loss: {{op: mse}}' to train it.")
@@ -213,7 +214,7 @@ class TrainPlan:
         """Move each batch norm's running statistics toward this batch's (PyTorch's rule)."""
         for node in self.graph.nodes:
             if node.op == "batchnorm":
-                update_running_stats(self.params.fixed[node.name],
+                update_running_stats(self.params.fixed[block_parts(node)[0].name],
                                      self.buffers[f"{node.name}:mean"],
                                      self.buffers[f"{node.name}:var"],
                                      values_per_channel(self.layouts[node.inputs[0]], self.n_batch),

@@ -34,14 +34,20 @@ Buffers a trainer provides or reads (all ``Flat`` float32):
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import numpy as np
 
+from ...passes import origin
+from ...passes.training import block_parts
 from ..kernel import Call, Const, spec
 from ..layout import Blocked, Flat
-from . import GradLowering, Lowering
+from ..vecmath import OUTPUT_DERIVATIVES
+from . import LEAKY_ALPHA, GradLowering, Lowering, activation_values
 from .elementwise import padded
+from .pool import Normalise, geometry, switches_call
+from .pool_grad import NO_PADS, pool_grad_call
 
 SEED_FLOATS = 2
 SEED_BITS = 24                  # per float: float32 holds every integer below 2**24
@@ -61,8 +67,19 @@ def stat_layouts(x: Blocked) -> dict[str, Flat]:
             "var": Flat(lanes), "scale": Flat(lanes), "shift": Flat(lanes)}
 
 
+def activation_of(node) -> tuple[str, float]:
+    """(name, alpha) of the activation fused after a batch norm ("identity" if none)."""
+    act = block_parts(node)[1]
+    if act is None:
+        return "identity", 0.0
+    return act.op, float(act.attrs.get("alpha", LEAKY_ALPHA))
+
+
 def lower_batchnorm_train(low: Lowering) -> list[Call]:
+    """Batch statistics, then one pass that normalises and applies the fused activation
+    (and the fused max pool, with its switches)."""
     node, x, out, n = low.node, low.ins[0], low.out, low.n_batch
+    bn, _, pool = block_parts(node)
     v, name, c = x.vector, node.name, x.channels
     temps = {what: low.temp(what, layout) for what, layout in stat_layouts(x).items()}
     pixels = n * x.blocks * v * x.height * x.width
@@ -71,36 +88,57 @@ def lower_batchnorm_train(low: Lowering) -> list[Call]:
                  **x.strides("x"))
     finalize = spec("batchnorm_finalize_train", ("batchnorm", "finalize"), f"nchw{v}c",
                     bytes=4 * 2 * n * x.blocks * v, blocks=x.blocks, channels=c,
-                    plane=x.height * x.width, eps=float(node.attrs["eps"]))
-    normalise = spec("scale_shift", ("batchnorm", "train"), f"nchw{v}c", flops=2 * pixels,
-                     bytes=8 * pixels, activation="identity", alpha=0.0, blocks=out.blocks,
-                     height=out.height, width=out.width, **x.strides("x"), **out.strides("out"))
-    return [
+                    plane=x.height * x.width, eps=float(bn.attrs["eps"]))
+    calls = [
         Call(name, stats, (low.inputs[0], temps["partials"])),
-        Call(name, finalize, (temps["partials"], Const(name, "gamma_beta", gamma_beta(c, v)),
+        Call(name, finalize, (temps["partials"], Const(bn.name, "gamma_beta", gamma_beta(c, v)),
                               temps["mean"], temps["var"], temps["scale"], temps["shift"])),
-        Call(name, normalise, (low.inputs[0], temps["scale"], temps["shift"], low.output)),
     ]
+    act, alpha = activation_of(node)
+    ops = tuple(part.op for part in origin(node))
+    if pool is not None:
+        normalise = Normalise(temps["scale"], temps["shift"], act, alpha)
+        return calls + [switches_call(low, ops, *geometry(pool), normalise)]
+    normalise = spec("scale_shift", ops + ("train",), f"nchw{v}c", flops=2 * pixels,
+                     bytes=8 * pixels, **activation_values(act, alpha), blocks=out.blocks,
+                     height=out.height, width=out.width, **x.strides("x"), **out.strides("out"))
+    return calls + [Call(name, normalise, (low.inputs[0], temps["scale"], temps["shift"],
+                                           low.output))]
 
 
 def batchnorm_backward(g: GradLowering) -> list[Call]:
+    """Through the fused max pool (its switches) into a pre-pool gradient, then the batch
+    norm's backward, whose first pass applies the fused activation's derivative in place."""
     if g.d_ins[0] is None and not g.weight_grads:
         return []
-    node, x, dy, n = g.node, g.ins[0], g.d_out, g.n_batch
+    node, x, n = g.node, g.ins[0], g.n_batch
+    bn, _, pool = block_parts(node)
     v, name, c = x.vector, node.name, x.channels
     lanes = x.blocks * v
+    calls, dy, dy_buffer = [], g.d_out, g.grad_output
+    if pool is not None:
+        dy = Blocked(x.channels, x.height, x.width, v)
+        dy_buffer = g.temp("grad_pre_pool", dy)
+        pool_grad = dataclasses.replace(g, node=pool, d_ins=(dy,))
+        gather = pool_grad_call(pool_grad, *geometry(pool), True, NO_PADS)
+        calls.append(dataclasses.replace(gather, layer=name,
+                                         args=(g.grad_output, g.saved("switches"), dy_buffer)))
     partials = g.temp("grad_partials", Flat(2 * lanes, per_sample=True))
     coef = g.temp("grad_coef", Flat(3 * lanes))
     pixels = n * lanes * x.height * x.width
-    stats = spec("batchnorm_stats_grad", ("batchnorm", "stats", "grad"), f"nchw{v}c",
+    act, alpha = activation_of(node)
+    stats = spec("batchnorm_stats_grad", ("batchnorm", act, "stats", "grad"), f"nchw{v}c",
                  flops=4 * pixels, bytes=8 * pixels, blocks=x.blocks, height=x.height,
-                 width=x.width, **x.strides("x"), **dy.strides("dy"))
+                 width=x.width, fused=act != "identity", derivative=OUTPUT_DERIVATIVES[act],
+                 **activation_values(act, alpha), **x.strides("x"), **dy.strides("dy"))
     finalize = spec("batchnorm_finalize_grad", ("batchnorm", "finalize", "grad"),
                     f"nchw{v}c", bytes=4 * 2 * n * lanes, blocks=x.blocks, channels=c,
-                    plane=x.height * x.width, eps=float(node.attrs["eps"]),
+                    plane=x.height * x.width, eps=float(bn.attrs["eps"]),
                     weight_grads=g.weight_grads)
-    calls = [Call(name, stats, (g.inputs[0], g.grad_output, g.saved("mean"), partials))]
-    finalize_args = (partials, g.saved("var"), Const(name, "gamma_beta", gamma_beta(c, v)), coef)
+    calls.append(Call(name, stats, (g.inputs[0], dy_buffer, g.saved("mean"), partials,
+                                    g.saved("scale"), g.saved("shift"))))
+    gammas = Const(bn.name, "gamma_beta", gamma_beta(c, v))
+    finalize_args = (partials, g.saved("var"), gammas, coef)
     if g.weight_grads:
         finalize_args += (g.param_grad("gamma"), g.param_grad("beta"))
     calls.append(Call(name, finalize, finalize_args))
@@ -109,7 +147,7 @@ def batchnorm_backward(g: GradLowering) -> list[Call]:
         kernel = spec("batchnorm_grad", ("batchnorm", "grad"), f"nchw{v}c", flops=4 * pixels,
                       bytes=12 * pixels, blocks=x.blocks, height=x.height, width=x.width,
                       **x.strides("x"), **dy.strides("dy"), **dx.strides("dx"))
-        calls.append(Call(name, kernel, (g.inputs[0], g.grad_output, g.saved("mean"), coef,
+        calls.append(Call(name, kernel, (g.inputs[0], dy_buffer, g.saved("mean"), coef,
                                          g.grad_input(0))))
     return calls
 

@@ -7,6 +7,8 @@
 - maxpool with ``return_switches``: ``maxpool2d_switches`` also writes each output's
   argmax, the flat index ``h*W_in + w`` into the unpadded input plane, as float32 in the
   temporary buffer ``<layer>:switches`` (same blocked shape as the output, no halo).
+  In training, a batch norm (and its activation) fused before the pool
+  (``passes.training``) normalises in the same kernel: it pools act(scale*x + shift).
 - global_maxpool / global_avgpool: ``pool2d`` with the window the whole input.
 - max_unpool: ``max_unpool2d`` scatters into the pool's input shape through the switches.
 
@@ -14,11 +16,13 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...errors import SpecError
 from ...ir import Node
 from ..kernel import Buffer, Call, spec
 from ..layout import Blocked
-from . import Lowering
+from . import Lowering, activation_values
 
 # float32 holds every integer below 2**24 exactly; a switch must be one.
 MAX_SWITCH = 2 ** 24
@@ -96,16 +100,38 @@ def lower_pool(low: Lowering) -> list[Call]:
         return [pool_call(low, (node.op,), kernel, stride, pads, False, counted)]
     if not node.attrs["return_switches"]:
         return [pool_call(low, (node.op,), kernel, stride, pads, True, ((0, 0), (0, 0)))]
+    return [switches_call(low, (node.op, "switches"), kernel, stride, pads)]
+
+
+@dataclass(frozen=True)
+class Normalise:
+    """A batch norm fused before a max pool: the pool reads act(scale*x + shift)."""
+
+    scale: Buffer
+    shift: Buffer
+    activation: str = "identity"
+    alpha: float = 0.0
+
+
+def switches_call(low: Lowering, ops, kernel, stride, pads,
+                  normalise: Normalise | None = None) -> Call:
+    """A call of ``maxpool2d_switches`` writing ``<layer>:switches``; with ``normalise``, the
+    window's values are act(scale*x + shift) of the input x."""
     check_switches(low)
     x, out = low.ins[0], low.out
     sw = switches_layout(out)
     lo, hi = whole_columns(x.width, out.width, kernel[1], stride[1], pads[1][0])
+    act = normalise or Normalise(None, None)
     kernel_spec = spec(
-        "maxpool2d_switches", (node.op, "switches"), f"nchw{out.vector}c",
+        "maxpool2d_switches", ops, f"nchw{out.vector}c",
         flops=low.n_batch * out.channels * out.height * out.width * kernel[0] * kernel[1],
         bytes=traffic(low) + 4 * sw.size(low.n_batch), ow_lo=lo, ow_hi=hi,
+        normalise=normalise is not None, **activation_values(act.activation, act.alpha),
         **window_values(low, kernel, stride, pads), **sw.strides("sw"))
-    return [Call(node.name, kernel_spec, (low.inputs[0], low.output, low.temp("switches", sw)))]
+    args = (low.inputs[0], low.output, low.temp("switches", sw))
+    if normalise is not None:
+        args += (normalise.scale, normalise.shift)
+    return Call(low.node.name, kernel_spec, args)
 
 
 def lower_global_pool(low: Lowering) -> list[Call]:

@@ -27,8 +27,7 @@ from ...errors import SpecError
 from ..kernel import Buffer, Call, Const, spec
 from ..layout import Blocked
 from . import GradLowering, Lowering
-from .pool import (MAX_SWITCH, geometry, lower_pool, switches_layout, traffic,
-                   whole_columns, window_values)
+from .pool import MAX_SWITCH, geometry, lower_pool, switches_call, switches_layout
 
 NO_PADS = ((0, 0), (0, 0))
 
@@ -48,14 +47,7 @@ def lower_global_maxpool_train(low: Lowering) -> list[Call]:
             f"a float32 position, exact only below 2**24 = {MAX_SWITCH}. Received an input "
             f"plane of {x.height * x.width} positions (input shape {node.in_types[0]}). Pool "
             f"a smaller input, or downsample before this layer.")
-    window = (x.height, x.width)
-    sw = switches_layout(out)
-    lo, hi = whole_columns(x.width, out.width, x.width, 1, 0)
-    kernel = spec("maxpool2d_switches", (node.op, "switches"), f"nchw{out.vector}c",
-                  flops=low.n_batch * out.channels * x.height * x.width,
-                  bytes=traffic(low) + 4 * sw.size(low.n_batch), ow_lo=lo, ow_hi=hi,
-                  **window_values(low, window, (1, 1), NO_PADS), **sw.strides("sw"))
-    return [Call(node.name, kernel, (low.inputs[0], low.output, low.temp("switches", sw)))]
+    return [switches_call(low, (node.op, "switches"), (x.height, x.width), (1, 1), NO_PADS)]
 
 
 def grad_values(g: GradLowering, kernel, stride, pads) -> dict:
