@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 from numpy.lib import format as np_format
 
 from .errors import WeightsError
+from .files import cannot_save, write_atomic
 from .ir import Graph
 from .ops import REGISTRY
 
@@ -89,37 +89,14 @@ def check_weights(graph: Graph, weights, dtype=np.float64) -> Weights:
 
 
 def save_npz(weights: Weights, path: str | os.PathLike) -> None:
-    """Write ``weights`` to ``path`` atomically (temporary file, then rename)."""
+    """Write ``weights`` to ``path`` atomically (files.write_atomic)."""
     path = Path(path)
     arrays = {f"{layer}/{param}": np.asarray(a) for layer, ps in weights.items()
               for param, a in ps.items()}
-    if path.is_dir():
-        raise WeightsError(f"cannot save weights to '{path}': it is a directory; expected a "
-                           f"file path such as '{path / 'weights.npz'}'.")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except FileNotFoundError:
-        raise WeightsError(f"cannot save weights to '{path}': its directory '{path.parent}' "
-                           f"does not exist. Create it first.") from None
-    except NotADirectoryError:
-        raise WeightsError(f"cannot save weights to '{path}': '{path.parent}' is not a "
-                           f"directory (it, or a folder above it, is a file).") from None
+        write_atomic(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
-        raise WeightsError(f"cannot save weights to '{path}': cannot create a file in "
-                           f"'{path.parent}': {e.strerror or e}.") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(f"cannot save weights to '{path}': {e.strerror or e}; the file "
-                           f"there before, if any, is unchanged.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise WeightsError(cannot_save("weights", path, e, "weights.npz")) from None
 
 
 NPZ_EXPECTED = ("expected an .npz archive with one '<layer>/<param>' key per parameter, such as "

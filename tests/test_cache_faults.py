@@ -20,6 +20,7 @@ from pathlib import Path
 import numba.core.caching
 import pytest
 
+from cnngen import files
 from cnngen.codegen import cache, workers
 from cnngen.codegen.cache import KernelCache, kernel_key
 from cnngen.codegen.locator import has_machine_code
@@ -367,7 +368,7 @@ class FullDisk:
 
 
 def test_a_full_disk_while_writing_a_kernel_leaves_nothing_and_says_what(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "open", FullDisk, raising=False)
+    monkeypatch.setattr(files, "open", FullDisk, raising=False)
     with pytest.raises(CnngenError, match=rf"disk is full: writing {re.escape(str(tmp_path))}/"
                                           r"scale_\w+\.py failed \(No space left on device\); "
                                           r"nothing was left half-written. Free some space"):

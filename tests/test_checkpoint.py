@@ -168,14 +168,13 @@ c.save_checkpoint(path, spec={"name": "new"}, weights=w, optimizer={}, meta={"ep
 """
 
 
-def test_a_process_killed_mid_save_leaves_the_previous_file(tmp_path):
-    path, before = saved(tmp_path)
-    child = subprocess.Popen([sys.executable, "-c", KILL_MID_SAVE, str(path)],
+def kill_while_saving(script: str, path, wait_for) -> None:
+    """Run ``script`` (which saves to ``path``) in a child process and SIGKILL it once
+    ``wait_for(its stdout)`` returns; the child never outlives the call."""
+    child = subprocess.Popen([sys.executable, "-c", script, str(path)],
                              stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout.readline() == "half\n"
-        temps = [p for p in tmp_path.iterdir() if p.name.startswith(".run.ckpt.")]
-        assert len(temps) == 1 and temps[0].stat().st_size > 1 << 20   # the save was under way
+        wait_for(child.stdout)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
@@ -183,6 +182,17 @@ def test_a_process_killed_mid_save_leaves_the_previous_file(tmp_path):
             child.kill()
             child.wait()
         child.stdout.close()
+
+
+def test_a_process_killed_mid_save_leaves_the_previous_file(tmp_path):
+    path, before = saved(tmp_path)
+    temps = []
+
+    def half_written(stdout):
+        assert stdout.readline() == "half\n"
+        temps.extend(p for p in tmp_path.iterdir() if p.name.startswith(".run.ckpt."))
+        assert len(temps) == 1 and temps[0].stat().st_size > 1 << 20   # the save was under way
+    kill_while_saving(KILL_MID_SAVE, path, half_written)
     assert path.read_bytes() == before
     assert load_checkpoint(path).spec == {"name": "v0"}
     with pytest.raises(WeightsError, match="truncated or corrupt"):
@@ -203,19 +213,12 @@ for i in range(10 ** 6):
 def test_a_kill_at_a_random_moment_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "run.ckpt"
     rng = np.random.default_rng()
+
+    def after_a_few_saves(stdout):
+        for _ in range(int(rng.integers(1, 4))):
+            stdout.readline()
     for _ in range(3):
-        child = subprocess.Popen([sys.executable, "-c", RACE, str(path)],
-                                 stdout=subprocess.PIPE, text=True)
-        try:
-            for _ in range(int(rng.integers(1, 4))):
-                child.stdout.readline()
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            child.stdout.close()
+        kill_while_saving(RACE, path, after_a_few_saves)
         ckpt = load_checkpoint(path)
         i = ckpt.spec["i"]
         np.testing.assert_array_equal(ckpt.weights["l"]["w"], np.full((1 << 19,), i, np.float32))

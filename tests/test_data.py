@@ -16,7 +16,8 @@ import cnngen
 from cnngen import CnngenError, InputError
 from cnngen.runtime import data
 from cnngen.runtime.augment import Augment
-from cnngen.runtime.data import Batches, Dataset, load_dataset
+from cnngen.runtime.batches import Batches
+from cnngen.runtime.data import Dataset, load_dataset
 
 
 def batch_threads():
@@ -409,7 +410,7 @@ def test_an_error_in_the_thread_reaches_the_consumer():
 
 def test_interpreter_exits_with_a_thread_still_prefetching(tmp_path):
     script = ("import numpy as np\n"
-              "from cnngen.runtime.data import Batches\n"
+              "from cnngen.runtime.batches import Batches\n"
               "b = Batches(np.zeros((1000, 1, 8, 8)), np.zeros(1000), 2)\n"
               "next(b)\n"
               "print('ok')\n")

@@ -29,7 +29,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ import llvmlite
 import numba
 
 from ..errors import CnngenError
+from ..files import write_atomic
 from ..target import Target
 from .kernel import isa_of
 from .locator import (claim, clear_machine_code, has_machine_code, machine_code_dir,
@@ -116,17 +116,6 @@ def kernel_key(source: str, target: Target) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _import(module_name: str, path: Path):
     """Import the kernel file ``path`` (compiling it, or loading its machine code); a fresh
     compile also writes the spill report of its code beside the code."""
@@ -140,7 +129,8 @@ def _import(module_name: str, path: Path):
         sys.modules.pop(module_name, None)
         raise
     if module.task.cache_hits == 0:
-        _write_atomic(spill_report_path(path), json.dumps(_spill_report(module.task, path)))
+        report = json.dumps(_spill_report(module.task, path))
+        write_atomic(spill_report_path(path), lambda f: f.write(report.encode("utf-8")))
     return module
 
 
@@ -258,7 +248,7 @@ class KernelCache:
             self._root.mkdir(parents=True, exist_ok=True)
             _clear_way(path, for_dir=False)
             clear_machine_code(path)
-            _write_atomic(path, source)
+            write_atomic(path, lambda f: f.write(source.encode("utf-8")))
         except OSError as error:
             raise _disk_error(error, path, "writing") from error
 

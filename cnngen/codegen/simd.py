@@ -5,7 +5,8 @@ LLVM's loop vectoriser guesses which loop to vectorise and often guesses wrong (
 stack spills). Kernels written with these intrinsics say exactly which values are vectors:
 ``load``/``store`` move ``V`` contiguous floats, ``splat`` broadcasts one float, ``fma``
 is ``llvm.fma``. The width is a literal in the generated source, so one module serves
-AVX-512 (16), AVX2 (8) and SSE (4).
+AVX-512 (16), AVX2 (8) and SSE (4). ``UIntVector`` (``uint32 x V``) runs integer hashes, such
+as dropout's mask, in vector lanes.
 
 Addresses are in-bounds GEPs from the array's data pointer plus a flat element offset:
 no negative-index wraparound and no bounds check. Generated kernels compute offsets that
@@ -288,3 +289,118 @@ def _overload_operator(op, vector_fn):
 for _op, _fn in ((operator.add, vadd), (operator.sub, vsub), (operator.mul, vmul),
                  (operator.truediv, vdiv)):
     _overload_operator(_op, _fn)
+
+
+# uint32 vectors -------------------------------------------------------------------------------
+# Numba widens uint32 arithmetic to 64 bits, and truncating back with np.uint32() reaches LLVM
+# as ``and 0xFFFFFFFF`` on i64 values, so an integer hash stays in 64-bit lanes. AVX2 has no
+# 64-bit vector multiply (AVX-512 has vpmullq), so LLVM leaves such a hash scalar there. These
+# vectors are ``<width x i32>``: add, mul, xor and >> wrap mod 2**32, one instruction each.
+
+class UIntVector(types.Type):
+    """A ``<width x i32>`` register value of uint32 lanes; arithmetic wraps mod 2**32."""
+
+    def __init__(self, width: int):
+        self.width = width
+        super().__init__(name=f"uint32x{width}")
+
+
+@register_model(UIntVector)
+class UIntVectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(32), fe_type.width))
+
+
+def _uint_splat_ir(context, builder, scalar, scalar_type, width: int):
+    """IR for a ``<width x i32>`` with every lane equal to the integer ``scalar`` mod 2**32."""
+    vec = ir.VectorType(ir.IntType(32), width)
+    value = builder.trunc(context.cast(builder, scalar, scalar_type, types.uint64), ir.IntType(32))
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, one,
+                                  ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+
+
+def _uint_operand_ir(context, builder, operand_type, operand, width: int):
+    """IR for a uint32 vector operand: itself, or an integer scalar splat to every lane."""
+    if isinstance(operand_type, UIntVector):
+        return operand
+    return _uint_splat_ir(context, builder, operand, operand_type, width)
+
+
+def _uint_operand(vec, other) -> bool:
+    """Whether ``other`` pairs with the uint32 vector ``vec``: the same type, or an integer."""
+    return isinstance(vec, UIntVector) and (other == vec or isinstance(other, types.Integer))
+
+
+@intrinsic
+def uint_splat(typingctx, value, width):
+    """A uint32 vector with every lane equal to the integer ``value`` mod 2**32."""
+    v = _width(width)
+    if v is None or not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _uint_splat_ir(context, builder, args[0], sig.args[0], v)
+    return UIntVector(v)(value, width), codegen
+
+
+@intrinsic
+def uint_ramp(typingctx, first, step, width):
+    """The uint32 vector whose lane i is ``first + i*step`` mod 2**32 (integer scalars)."""
+    v = _width(width)
+    if v is None or not (isinstance(first, types.Integer) and isinstance(step, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lanes = ir.Constant(ir.VectorType(ir.IntType(32), v), list(range(v)))
+        steps = builder.mul(_uint_splat_ir(context, builder, args[1], sig.args[1], v), lanes)
+        return builder.add(_uint_splat_ir(context, builder, args[0], sig.args[0], v), steps)
+    return UIntVector(v)(first, step, width), codegen
+
+
+def _uint_binary(name: str):
+    """An intrinsic ``f(a, b)``: the IRBuilder method ``name`` on the uint32 vector ``a`` and
+    ``b``, a vector of its type or an integer scalar for every lane."""
+    def typer(typingctx, a, b):
+        if not _uint_operand(a, b):
+            return None
+
+        def codegen(context, builder, sig, args):
+            other = _uint_operand_ir(context, builder, sig.args[1], args[1], a.width)
+            return getattr(builder, name)(args[0], other)
+        return a(a, b), codegen
+    typer.__name__ = f"uint_{name}"
+    return intrinsic(typer)
+
+
+uint_add = _uint_binary("add")
+uint_mul = _uint_binary("mul")
+uint_xor = _uint_binary("xor")
+uint_shr = _uint_binary("lshr")     # a logical shift; counts must be in [0, 32)
+
+
+def _overload_uint_operator(op, vector_fn):
+    @overload(op, inline="always")
+    def impl(a, b):
+        if _uint_operand(a, b):
+            return lambda a, b: vector_fn(a, b)
+
+
+for _op, _fn in ((operator.add, uint_add), (operator.mul, uint_mul), (operator.xor, uint_xor),
+                 (operator.rshift, uint_shr)):
+    _overload_uint_operator(_op, _fn)
+
+
+@intrinsic
+def where_below(typingctx, a, bound, then, otherwise):
+    """``then`` in the lanes where the uint32 vector ``a`` is below ``bound`` (unsigned; a
+    vector, or an integer for every lane), else ``otherwise``. One compare and a blend."""
+    if not (_uint_operand(a, bound) and isinstance(then, FloatVector) and then == otherwise
+            and then.width == a.width):
+        return None
+
+    def codegen(context, builder, sig, args):
+        limit = _uint_operand_ir(context, builder, sig.args[1], args[1], a.width)
+        return builder.select(builder.icmp_unsigned("<", args[0], limit), args[2], args[3])
+    return then(a, bound, then, otherwise), codegen

@@ -19,8 +19,8 @@ lists, str, int, float, bool, None); numpy scalars and arrays in them become num
 lists, tuples become lists. Python's json keeps ints of any size (the 128-bit PCG64 state) and
 floats exactly.
 
-A save writes a temporary file in the target's directory, flushes and fsyncs it, then renames
-it over the target, so a crash or kill mid-save leaves the previous checkpoint intact. A
+A save is atomic (files.write_atomic: a temporary file in the target's directory, fsynced,
+then renamed over it), so a crash or kill mid-save leaves the previous checkpoint intact. A
 truncated, corrupt or foreign file, or one from a newer format, raises WeightsError naming
 the file and what is wrong.
 """
@@ -29,17 +29,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as np_format
 
 from ..errors import WeightsError
+from ..files import cannot_save, write_atomic
 from ..weights import _array_header
 
 FORMAT = "cnngen-checkpoint"
@@ -89,7 +88,11 @@ def save_checkpoint(path: str | os.PathLike, *, spec: Mapping, weights: Mapping,
     if not isinstance(doc["spec"], dict) or not isinstance(doc["meta"], dict):
         raise WeightsError("checkpoint: spec and meta must be dicts.")
     text = json.dumps(doc, separators=(",", ":"))
-    _write_atomic(Path(path), {DOC: np.frombuffer(text.encode("utf-8"), np.uint8), **arrays})
+    members = {DOC: np.frombuffer(text.encode("utf-8"), np.uint8), **arrays}
+    try:
+        write_atomic(path, lambda f: _write_archive(f, members))
+    except OSError as e:
+        raise WeightsError(cannot_save("checkpoint", path, e, "run.ckpt")) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -140,44 +143,6 @@ def rng_from_state(state: Mapping) -> np.random.Generator:
 def _write_archive(f, arrays: dict[str, np.ndarray]) -> None:
     """The npz bytes; a seam so tests can make a save fail half way."""
     np.savez(f, **arrays)
-
-
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Temp file in the same directory, flush, fsync, rename over ``path``, fsync the folder."""
-    if path.is_dir():
-        raise WeightsError(f"cannot save checkpoint to '{path}': it is a directory; expected a "
-                           f"file path such as '{path / 'run.ckpt'}'.")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except FileNotFoundError:
-        raise WeightsError(f"cannot save checkpoint to '{path}': its directory '{path.parent}' "
-                           f"does not exist. Create it first.") from None
-    except OSError as e:
-        raise WeightsError(f"cannot save checkpoint to '{path}': cannot create a file in "
-                           f"'{path.parent}': {e.strerror or e}.") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_archive(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(f"cannot save checkpoint to '{path}': {e.strerror or e}; the file "
-                           f"there before, if any, is unchanged.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
 
 
 def _read(archive: zipfile.ZipFile, archive_bytes: int, where: str) -> Checkpoint:

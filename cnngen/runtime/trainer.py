@@ -20,7 +20,6 @@ that was never interrupted.
 from __future__ import annotations
 
 import fnmatch
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from .. import target as targets
 from ..codegen.cache import KernelCache
 from ..errors import InputError, TrainingError
+from ..files import write_atomic
 from ..ops import loss as losses
 from ..spec import build_graph, load_spec
 from ..suggest import did_you_mean
@@ -36,7 +36,8 @@ from ..weights import init_weights, transfer
 from . import checkpoint as checkpoints
 from .compiled import CompiledNet, as_batch
 from .augment import Augment, as_augment
-from .data import Batches, load_dataset
+from .batches import Batches
+from .data import load_dataset
 from .evolution import Evolution
 from .optimizers import make_optimizer
 from .parameters import Parameters
@@ -348,9 +349,7 @@ def write_metrics(history: list[dict], path) -> None:
         body = text.getvalue()
     else:
         body = json.dumps(history, indent=1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(body)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(body.encode("utf-8")))
 
 
 def plot_history(history: list[dict], path) -> Path:
