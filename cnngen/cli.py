@@ -127,13 +127,14 @@ def cmd_tune(args) -> int:
     if args.spec is None:
         raise CnngenError("cnngen tune: expected SPEC (a .yaml/.json spec or zoo:NAME) to "
                           "tune, or --report DB to summarise a database.")
-    from .tuning.tuner import tune
+    from .tuning.tuner import tune, tune_training
     layers = args.layers.split(",") if args.layers else None
-    report = tune(resolve(args.spec), batch=args.batch, trials=args.trials,
-                  time_budget_s=args.time_budget, strategy=args.strategy, db=args.db,
-                  workers=args.workers, scheduler=args.scheduler, seed=args.seed,
-                  target=args.target, cache_dir=args.cache_dir, layers=layers,
-                  progress=not args.quiet, plot=args.plot)
+    run = tune_training if args.training else tune
+    report = run(resolve(args.spec), batch=args.batch, trials=args.trials,
+                 time_budget_s=args.time_budget, strategy=args.strategy, db=args.db,
+                 workers=args.workers, scheduler=args.scheduler, seed=args.seed,
+                 target=args.target, cache_dir=args.cache_dir, layers=layers,
+                 progress=not args.quiet, plot=args.plot)
     print(report)
     if args.plot:
         print(f"convergence plot: {args.plot}")
@@ -246,6 +247,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="search seed (0)")
     t.add_argument("--layers", default=None, help="only the kernels of these spec layers (a,b)")
     t.add_argument("--plot", default=None, help="write a PNG convergence plot here (matplotlib)")
+    t.add_argument("--training", action="store_true",
+                   help="tune the training step's weight-gradient kernels at --batch (what "
+                        "cnngen train applies) instead of the inference kernels")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--report", metavar="DB", default=None,
                    help="summarise the records of a tuning database and exit")

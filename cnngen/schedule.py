@@ -3,7 +3,8 @@
 A schedule never changes what a kernel computes, only how: the register tile, the
 reduction blocking, the parallel task split, the algorithm (a WinogradSchedule). The
 heuristic ranks the tiles of a kernel (``conv_ranked``, ``depthwise_ranked``,
-``dense_ranked``): the first is the default, and the next is taken when a kernel's machine
+``dense_ranked``; the backward kernels' rankings live beside their lowerings, which know
+their workloads): the first is the default, and the next is taken when a kernel's machine
 code spills. An explicit schedule or a tuning-database record takes precedence over it.
 ``str(schedule)`` is the compact form used in kernel names (``oc2_ow14_ic4_rows1``).
 """
@@ -82,11 +83,50 @@ class WinogradSchedule(Schedule):
     ic_block: int = _knob("ic")
 
 
+@dataclass(frozen=True)
+class WgradSchedule(Schedule):
+    """The conv weight-gradient kernel: an ``oc_vecs`` x ``cols`` register tile (output-channel
+    vectors by broadcast inputs along ``axis``: 0 the input-channel lanes of a block, with
+    the kw taps folded in behind them where all V lanes are channels and dilation is 1;
+    1 the kw taps), the batch summed in ``chunks`` that run as separate tasks, the
+    kernel rows split over ``kh_tasks`` tasks (1: each task sweeps every kh), and with
+    ``pairs`` 1 the even and odd output columns summed in two tiles."""
+
+    oc_vecs: int = _knob("oc")
+    cols: int = _knob("c")
+    axis: int = _knob("ax")
+    chunks: int = _knob("ch")
+    kh_tasks: int = _knob("kh")
+    pairs: int = _knob("p")
+
+
+@dataclass(frozen=True)
+class DepthwiseWgradSchedule(Schedule):
+    """The depthwise weight-gradient kernel: ``cols`` kw taps per tile, the batch in
+    ``chunks``, the kernel rows over ``kh_tasks`` tasks."""
+
+    cols: int = _knob("c")
+    chunks: int = _knob("ch")
+    kh_tasks: int = _knob("kh")
+
+
+@dataclass(frozen=True)
+class DenseWgradSchedule(Schedule):
+    """The dense weight-gradient kernel: ``unit_vecs`` unit vectors of dy by ``in_tile``
+    broadcast features of x (``in_tile`` divides V), the batch in ``splits`` slices that
+    run as separate tasks and are summed by a second kernel."""
+
+    unit_vecs: int = _knob("u")
+    in_tile: int = _knob("i")
+    splits: int = _knob("sp")
+
+
 # Ops whose kernels take a schedule (the first op of a fused kernel).
 TUNABLE_OPS = ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "dense")
 
 SCHEDULES = {cls.__name__: cls for cls in (ConvSchedule, DepthwiseSchedule, DenseSchedule,
-                                           WinogradSchedule)}
+                                           WinogradSchedule, WgradSchedule,
+                                           DepthwiseWgradSchedule, DenseWgradSchedule)}
 
 
 def to_dict(schedule: Schedule) -> dict:
@@ -232,7 +272,7 @@ def divisors(n: int, most: int | None = None) -> list[int]:
     return [d for d in range(1, (n if most is None else min(n, most)) + 1) if n % d == 0]
 
 
-def _ranked_first(ranked: list[Schedule], points: list[Schedule]) -> list[Schedule]:
+def ranked_first(ranked: list[Schedule], points: list[Schedule]) -> list[Schedule]:
     """``points`` with the heuristic's ranking first (search strategies read it that way)."""
     legal = set(points)
     first = list(dict.fromkeys(s for s in ranked if s in legal))
@@ -254,7 +294,7 @@ def conv_space(work: ConvWorkload, target: Target) -> list[ConvSchedule]:
                                           // oc_vecs) + 1)
               for ic_block in divisors(ic_vecs) for rows in TASK_ROWS
               for order in ((0, 1) if ic_block < ic_vecs else (0,))]
-    return _ranked_first(conv_ranked(work, target), points)
+    return ranked_first(conv_ranked(work, target), points)
 
 
 def depthwise_space(work: ConvWorkload, target: Target) -> list[DepthwiseSchedule]:
@@ -262,7 +302,7 @@ def depthwise_space(work: ConvWorkload, target: Target) -> list[DepthwiseSchedul
     top = min(work.w_out, target.vector_registers - work.k_h * work.k_w // 2)
     points = [DepthwiseSchedule(ow_tile, rows) for ow_tile in range(1, max(1, top) + 1)
               for rows in TASK_ROWS]
-    return _ranked_first(depthwise_ranked(work, target), points)
+    return ranked_first(depthwise_ranked(work, target), points)
 
 
 def dense_space(units: int, target: Target) -> list[DenseSchedule]:
@@ -271,4 +311,4 @@ def dense_space(units: int, target: Target) -> list[DenseSchedule]:
               for unit_vecs in divisors(-(-units // target.vector), 4)
               for batch_tile in range(1, min(8, (target.vector_registers - unit_vecs - 1)
                                             // unit_vecs) + 1)]
-    return _ranked_first(dense_ranked(units, target), points)
+    return ranked_first(dense_ranked(units, target), points)

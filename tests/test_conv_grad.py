@@ -15,11 +15,11 @@ import pytest
 import cnngen
 from cnngen.codegen.cpu import HALO, LOWER, GradLowering, Lowering
 from cnngen.codegen.cpu.conv import conv_transpose_halo
-from cnngen.codegen.cpu.conv_grad import (BACKWARD, DepthwiseWgradSchedule, WgradSchedule,
-                                          grad_output_halo, transposed_node)
+from cnngen.codegen.cpu.conv_grad import BACKWARD, grad_output_halo, transposed_node
 from cnngen.codegen.kernel import ParamGrad
 from cnngen.codegen.layout import Blocked
 from cnngen.errors import InputError
+from cnngen.schedule import DepthwiseWgradSchedule, WgradSchedule
 from cnngen.spec import build_graph
 from cnngen.target import resolve
 

@@ -14,7 +14,7 @@ import pytest
 
 import cnngen
 from cnngen.codegen.cpu import GradLowering, LOWER, Lowering
-from cnngen.codegen.cpu.dense_grad import BACKWARD, batch_splits, lower_dense_grad, wgrad_tile
+from cnngen.codegen.cpu.dense_grad import BACKWARD, batch_splits, lower_dense_grad, wgrad_tiles
 from cnngen.codegen.kernel import Const, ParamGrad
 from cnngen.codegen.layout import Blocked
 from cnngen.spec import build_graph
@@ -172,8 +172,9 @@ def test_fused_activation_is_refused():
 @pytest.mark.parametrize("unit_blocks, vector, registers, tile", [
     (6, 16, 32, (3, 8)), (8, 16, 32, (4, 4)), (1, 16, 32, (1, 16)),
     (15, 8, 16, (1, 8)), (2, 8, 16, (2, 4)), (11, 8, 16, (1, 8))])
-def test_wgrad_tile_fits_the_registers(unit_blocks, vector, registers, tile):
-    unit_vecs, in_tile = wgrad_tile(unit_blocks, vector, registers)
-    assert (unit_vecs, in_tile) == tile
-    assert unit_blocks % unit_vecs == 0 and vector % in_tile == 0
-    assert unit_vecs * in_tile + unit_vecs + 1 <= (28 if registers == 32 else registers - 1)
+def test_wgrad_tiles_fit_the_registers(unit_blocks, vector, registers, tile):
+    tiles = wgrad_tiles(unit_blocks, vector, registers)
+    assert tiles[0] == tile
+    for unit_vecs, in_tile in tiles:
+        assert unit_blocks % unit_vecs == 0 and vector % in_tile == 0
+        assert unit_vecs * in_tile + unit_vecs + 1 <= (28 if registers == 32 else registers - 1)

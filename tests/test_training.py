@@ -237,14 +237,6 @@ def test_transfer_learning_loads_by_name_freezes_and_replaces_the_head(kernel_ca
         cnngen.Trainer(head, weights=source.net.weights, freeze=["out"], cache_dir=kernel_cache)
 
 
-def test_the_evolution_strategy_learns_the_digits_without_gradients(kernel_cache):
-    tiny = net("tiny", (64,), [{"name": "out", "op": "dense", "units": 10}])
-    trainer = cnngen.Trainer(tiny, optimizer="evolution", lr=0.05, batch_size=256,
-                             cache_dir=kernel_cache, population=40, sigma=0.05)
-    history = trainer.fit("digits", epochs=40, progress=False)
-    assert history[-1]["val_accuracy"] >= 0.8, history[-1]
-
-
 def test_targets_that_do_not_fit_the_loss_are_refused_before_the_first_step(kernel_cache):
     trainer = cnngen.Trainer(MLP, cache_dir=kernel_cache)
     data = cnngen.load_dataset("digits", input_shape=(64,))
@@ -279,8 +271,3 @@ def test_a_run_stopped_inside_an_epoch_resumes_where_it_stopped(kernel_cache, tm
     for layer, params in straight.params.weights().items():
         for name, value in params.items():
             assert np.array_equal(value, resumed.params.weights()[layer][name]), f"{layer}/{name}"
-
-
-def test_evolution_refuses_options_it_does_not_take(kernel_cache):
-    with pytest.raises(InputError, match="evolution: unknown option 'schedule'"):
-        cnngen.Trainer(MLP, optimizer="evolution", schedule="cosine", cache_dir=kernel_cache)

@@ -38,7 +38,7 @@ from .compiled import CompiledNet, as_batch
 from .augment import Augment, as_augment
 from .batches import Batches
 from .data import load_dataset
-from .evolution import Evolution
+from .evolution import Evolution, batch_fitness, population_fitness
 from .optimizers import make_optimizer
 from .parameters import Parameters
 from .training import TrainPlan
@@ -95,7 +95,11 @@ class Trainer:
                          "freeze": sorted(self.frozen), "init": init, "options": options}
         l2 = self.graph.loss.l2 if self.graph.loss else 0.0
         if optimizer in EVOLUTION:
-            self.optimizer = Evolution(self.params.size, lr, seed, **options)
+            self.optimizer = Evolution(self.params.size, lr, seed, self.params.n_decayed, l2,
+                                       **options)
+            self.population = population_fitness(self.graph, self.params,
+                                                 self.optimizer.population, self.target,
+                                                 self.cache.dir)
             self.frozen_in_plan = {n.name for n in self.graph.nodes}    # no backward at all
         else:
             self.optimizer = make_optimizer(optimizer, self.params.size, self.params.n_decayed,
@@ -150,17 +154,15 @@ class Trainer:
         return value, plan.correct()
 
     def _evolve(self, plan: TrainPlan, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        """One generation of the evolution strategy, its fitness the loss on the batch."""
-        def fitness() -> float:
-            plan.repack()
-            plan.run(x, y, backward=False)
-            return plan.loss()
-
+        """One generation of the evolution strategy, its fitness the loss on the batch
+        plus the L2 term."""
+        fitness = batch_fitness(self.population, plan, self.params, x, y)
         value = self.optimizer.generation(self.params.flat, fitness)
         if not np.isfinite(value):
             raise TrainingError(f"generation {self.step_count}: a candidate's loss is not "
                                 f"finite; lower sigma or the learning rate.")
-        fitness()                          # the new centre's hits and batch statistics
+        plan.repack()                      # the new centre's hits and batch statistics
+        plan.run(x, y, backward=False)
         plan.update_running_stats()
         self.step_count += 1
         self._packed[x.shape[0]] = self.step_count

@@ -21,8 +21,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..codegen.cache import KernelCache
-from ..codegen.cpu import (BACKWARD, GRAD_HALO, LEAKY_ALPHA, LOWER, TRAIN, GradLowering,
-                           Lowering, grad_name)
+from ..codegen.cpu import (BACKWARD, GRAD_HALO, GRAD_SPACE, LEAKY_ALPHA, LOWER, TRAIN,
+                           GradLowering, Lowering, grad_name)
 from ..codegen.cpu.elementwise_grad import activation_grad
 from ..codegen.cpu.norm_grad import step_seed, update_running_stats, values_per_channel
 from ..codegen.cpu.edges import to_blocked
@@ -34,10 +34,12 @@ from ..errors import InputError
 from ..ir import Graph, Node
 from ..passes.autodiff import differentiate
 from ..passes.training import block_parts, for_training
+from ..schedule import Schedule
 from ..target import Target
+from .compiled import tuning_records
 from .constants import PackedConstants
 from .parameters import Parameters
-from .plan import UNUSED, Step, check_fits, plan_layouts, worth_parallel
+from .plan import MAX_SPILL_RETRIES, UNUSED, Step, check_fits, plan_layouts, worth_parallel
 
 LOSS_VALUES, LOSS_CORRECT, LOSS_TARGET = "loss:values", "loss:correct", "loss:target"
 
@@ -104,6 +106,7 @@ class TrainPlan:
                                                         d_out=self.layouts[grad_name(out.name)]))
         self.n_scored = len(self.calls)         # forward and loss; the backward follows
         self.aliases: dict[str, str] = {}
+        self.grad_lowerings: dict[str, GradLowering] = {}
         for step in self.backward.steps:
             node = step.node
             self.calls += self._gather(node.name)
@@ -115,6 +118,7 @@ class TrainPlan:
             g = GradLowering(node, tuple(self.layouts[i] for i in node.inputs), self.layouts[node.name],
                              self.layouts[grad_name(node.name)], d_ins, step.weight_grads, n_batch,
                              target, None, tuple(self.layouts[r] for r in node.refs), self.layouts)
+            self.grad_lowerings[node.name] = replace(g)      # compile() may lower it again
             self.calls += backward_calls(g)
         self._allocate()
 
@@ -152,12 +156,48 @@ class TrainPlan:
         self.steps: list[Step] = []
         self.gather: Step | None = None
 
-    def compile(self, cache: KernelCache) -> None:
-        """Load (compile, or read from the cache) every kernel and bind the steps."""
-        gather = self.constants.gather_call()
-        calls = self.calls + ([gather] if gather else [])
-        kernels = cache.load_all([(c.kernel.name(self.target), c.kernel.source(self.target))
-                                  for c in calls], self.target)
+    def compile(self, cache: KernelCache, schedules: dict[str, Schedule] | None = None,
+                tuning_db=None) -> None:
+        """Load (compile, or read from the cache) every kernel and bind the steps.
+
+        A layer's backward takes its schedule from ``schedules`` (by layer name), else from
+        a record of ``tuning_db`` (a path; None: the database beside the kernel cache;
+        False: none), else the heuristic (``grad_schedule_sources`` says which). A heuristic
+        schedule whose kernel spills in its reduction loops is replaced by the next-best
+        one, at most MAX_SPILL_RETRIES times per layer (``spill_fallbacks`` says which)."""
+        records = tuning_records(tuning_db, cache, self.target)
+        try:
+            self.grad_schedule_sources = self._choose_grad_schedules(schedules or {}, records)
+        finally:
+            if records is not None:
+                records.close()
+        self.spill_fallbacks: dict[str, list[str]] = {}
+        avoid: dict[str, set[Schedule]] = {}
+
+        def replaceable(call: Call) -> bool:
+            """A backward call whose schedule the heuristic chose and that is not avoided yet."""
+            g = self.grad_lowerings.get(call.layer)
+            return g is not None and call.kernel.schedule not in (
+                None, g.schedule, *avoid.get(call.layer, ()))
+
+        for retry in range(MAX_SPILL_RETRIES + 1):
+            gather = self.constants.gather_call()
+            calls = self.calls + ([gather] if gather else [])
+            kernels = cache.load_all([(c.kernel.name(self.target), c.kernel.source(self.target))
+                                      for c in calls], self.target)
+            spilled = [(call, kernel) for call, kernel in zip(calls[self.n_scored:len(self.calls)],
+                                                              kernels[self.n_scored:])
+                       if kernel.spills and replaceable(call)]
+            if not spilled or retry == MAX_SPILL_RETRIES:
+                break
+            for call, kernel in spilled:
+                avoid.setdefault(call.layer, set()).add(call.kernel.schedule)
+                self.spill_fallbacks.setdefault(call.layer, []).append(
+                    f"{call.kernel.schedule} spilled {kernel.spills}")
+            for layer in dict.fromkeys(call.layer for call, _ in spilled):
+                self._lower_backward(layer, self.grad_lowerings[layer].schedule,
+                                     frozenset(avoid[layer]))
+            self._allocate()
         steps = []
         for call, kernel in zip(calls, kernels):
             n = self.constants.count if call is gather else self.n_batch
@@ -168,6 +208,49 @@ class TrainPlan:
                               worth_parallel(call, tasks, self.target.cores)))
         self.steps = steps[:len(self.calls)]
         self.gather = steps[-1] if gather else None
+
+    def _choose_grad_schedules(self, schedules: dict[str, Schedule], records) -> dict[str, str]:
+        """Lower again each backward whose schedule is explicit or a tuning record; where each
+        layer's backward schedule comes from."""
+        unknown = sorted(set(schedules) - set(self.grad_lowerings))
+        if unknown:
+            raise InputError(f"schedules: {unknown} name no layer with a backward in this plan; "
+                             f"expected some of {sorted(self.grad_lowerings)}.")
+        sources = {layer: "heuristic" for layer in self.grad_lowerings}
+        for layer, g in self.grad_lowerings.items():
+            if layer in schedules:
+                self._lower_backward(layer, schedules[layer])
+                sources[layer] = f"explicit (schedules[{layer!r}])"
+            elif records is not None and g.node.op in GRAD_SPACE and g.weight_grads:
+                schedule, sources[layer] = records.grad_schedule_for(g.node, self.n_batch)
+                try:
+                    if schedule is not None:
+                        self._lower_backward(layer, schedule)
+                except InputError as error:     # a record that no longer fits (rare)
+                    self._lower_backward(layer, None)
+                    sources[layer] = f"heuristic (the tuning record does not fit: {error})"
+        if any(self.grad_lowerings[layer].schedule is not None for layer in sources):
+            self._allocate()                    # the temps may have changed
+        return sources
+
+    def _lower_backward(self, layer: str, schedule: Schedule | None,
+                        avoid: frozenset[Schedule] = frozenset()) -> None:
+        """Replace the calls of ``layer``'s backward with those ``schedule`` (None: the
+        heuristic, keeping clear of ``avoid``) gives; InputError if no call takes it."""
+        g = replace(self.grad_lowerings[layer], schedule=schedule, avoid=avoid)
+        self.grad_lowerings[layer] = replace(g)
+        calls = backward_calls(g)
+        if schedule is not None and schedule not in {c.kernel.schedule for c in calls}:
+            space = (GRAD_SPACE[g.node.op](g) if g.node.op in GRAD_SPACE and g.weight_grads
+                     else [])
+            takes = (f"takes a {type(space[0]).__name__}" if space else
+                     "takes no schedule (it computes no weight gradient in this plan)")
+            raise InputError(f"schedules[{layer!r}]: the backward of layer {layer!r} "
+                             f"({g.node.op}) {takes}; received {type(schedule).__name__} "
+                             f"{schedule}.")
+        where = [i for i, c in enumerate(self.calls) if i >= self.n_scored and c.layer == layer]
+        if where:
+            self.calls[where[0]:where[-1] + 1] = calls
 
     def _arg(self, arg) -> np.ndarray:
         if isinstance(arg, Const):

@@ -12,6 +12,10 @@ written to the database at once, under the fingerprint of the machine that measu
 A second run on the same database measures nothing it already has, and records are applied
 by ``cnngen.compile`` (explicit schedule > record > heuristic).
 
+``tune_training`` does the same for the weight-gradient kernels of a training step
+(``codegen.cpu.GRAD_SPACE``: register tiles, batch chunks, kernel-row tasks), measured by
+train_measure.py and keyed by the gradient's workload; ``TrainPlan.compile`` applies them.
+
 Measurement fans out over a Dask cluster: ``workers=N`` starts a LocalCluster of N worker
 processes, ``scheduler="tcp://..."`` uses an existing cluster of identical machines. Timing
 holds a machine-wide lock in each worker, so compiles overlap and timed runs never do.
@@ -28,15 +32,20 @@ from pathlib import Path
 from .. import schedule as sched
 from .. import target as targets
 from ..codegen.cache import KernelCache
-from ..codegen.cpu import SPACE
+from ..codegen.cpu import GRAD_SPACE, SPACE
 from ..errors import CnngenError, InputError
 from ..passes import origin
 from ..runtime.compiled import DEFAULT_DB_NAME, CompiledNet
+from ..runtime.parameters import Parameters
+from ..runtime.training import TrainPlan
 from ..spec import build_graph, load_spec
+from ..weights import init_weights
+from . import train_measure
 from .db import Context, TrialRecord, TuningDB
-from .measure import Job, Measurer, Trial
+from .measure import RUNNER, Job, Measurer, Trial
 from .search import STRATEGIES, Measurement, search
-from .workload import describe, kernel_family, template_hash, workload_key
+from .workload import (describe, describe_grad, grad_kernel_family, grad_workload_key,
+                       kernel_family, template_hash, workload_key)
 
 # Seconds a worker may take for one candidate (compile, reference check, timing) before
 # it counts as hung; the first job of a fresh worker also loads the net and its reference.
@@ -87,14 +96,14 @@ class TuneReport:
     def __str__(self) -> str:
         lines = [f"tuned {len(self.results)} kernels at batch {self.batch} on {self.target} "
                  f"({self.strategy}, {self.seconds:.0f} s); records in {self.db}",
-                 f"{'layer':<28} {'kernel':<9} {'default ms':>10} {'tuned ms':>9} "
+                 f"{'layer':<28} {'kernel':<12} {'default ms':>10} {'tuned ms':>9} "
                  f"{'speedup':>7} {'GFLOP/s':>7} {'trials':>9}  schedule"]
         for r in self.results:
             ms = lambda m: f"{m.seconds * 1e3:.3f}" if m else "-"     # noqa: E731
             best = r.best_measurement
             gflops = f"{r.kernel.flops / best.seconds / 1e9:.0f}" if best else "-"
             speedup = f"{r.speedup:.2f}x" if r.speedup else "-"
-            lines.append(f"{r.kernel.layer:<28} {r.kernel.family:<9} {ms(r.default):>10} "
+            lines.append(f"{r.kernel.layer:<28} {r.kernel.family:<12} {ms(r.default):>10} "
                          f"{ms(best):>9} {speedup:>7} {gflops:>7} "
                          f"{r.new_trials:>4}+{r.known_trials:<4}  {r.best or '-'}")
         return "\n".join(lines)
@@ -122,11 +131,32 @@ def kernels_to_tune(net: CompiledNet, batch: int, layers=None) -> list[KernelToT
     return list(found.values())
 
 
-class LocalExecutor:
-    """One worker process on this machine, measuring one candidate at a time."""
+def grad_kernels_to_tune(plan: TrainPlan, layers=None) -> list[KernelToTune]:
+    """The training plan's distinct weight-gradient kernels (only those of ``layers``, when
+    given), one per gradient workload, in the order they run."""
+    found: dict[str, KernelToTune] = {}
+    for step in plan.steps[plan.n_scored:]:
+        g = plan.grad_lowerings.get(step.layer)
+        if (g is None or g.node.op not in GRAD_SPACE or step.call.kernel.schedule is None
+                or "wgrad" not in step.call.kernel.template
+                or (layers is not None and step.layer not in layers)):
+            continue
+        key = grad_workload_key(g.node)
+        if key not in found:
+            default = step.call.kernel.schedule
+            points = [default, *(p for p in GRAD_SPACE[g.node.op](g) if p != default)]
+            found[key] = KernelToTune(step.layer, step.layer, grad_kernel_family(g.node), key,
+                                      json.dumps(describe_grad(g.node), sort_keys=True),
+                                      step.call.kernel.flops, points, default)
+    return list(found.values())
 
-    def __init__(self, timeout_s: float):
-        self.measurer = Measurer(timeout_s)
+
+class LocalExecutor:
+    """One worker process on this machine, measuring one candidate at a time with
+    ``runner`` (measure.py's for forward kernels, train_measure.py's for weight gradients)."""
+
+    def __init__(self, timeout_s: float, runner: str = RUNNER):
+        self.measurer = Measurer(timeout_s, runner)
         self.workers = 1
 
     def map(self, jobs: list[Job]) -> list[Trial]:
@@ -136,28 +166,28 @@ class LocalExecutor:
         self.measurer.close()
 
 
-_MEASURER: Measurer | None = None
+_MEASURERS: dict[str, Measurer] = {}
 
 
-def measure_here(job_json: str, timeout_s: float) -> str:
+def measure_here(job_json: str, timeout_s: float, runner: str = RUNNER) -> str:
     """Measure one job in this (Dask worker) process's own Measurer; the Trial as JSON."""
-    global _MEASURER
-    if _MEASURER is None:
-        _MEASURER = Measurer(timeout_s)
-    return _MEASURER.measure(Job.from_json(job_json)).to_json()
+    if runner not in _MEASURERS:
+        _MEASURERS[runner] = Measurer(timeout_s, runner)
+    return _MEASURERS[runner].measure(Job.from_json(job_json)).to_json()
 
 
 class DaskExecutor:
     """Candidates measured on a Dask cluster: a LocalCluster of ``workers`` processes, or
     the existing cluster at ``scheduler``. Each Dask worker keeps its own Measurer."""
 
-    def __init__(self, workers: int | None, scheduler: str | None, timeout_s: float):
+    def __init__(self, workers: int | None, scheduler: str | None, timeout_s: float,
+                 runner: str = RUNNER):
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError as error:
             raise CnngenError("tuning with --workers or --scheduler needs Dask: "
                               "pip install 'cnngen[distributed]'") from error
-        self.timeout_s = timeout_s
+        self.timeout_s, self.runner = timeout_s, runner
         self.cluster = None
         if scheduler:
             self.client = Client(scheduler, timeout="30s")
@@ -169,7 +199,8 @@ class DaskExecutor:
 
     def map(self, jobs: list[Job]) -> list[Trial]:
         futures = self.client.map(measure_here, [j.to_json() for j in jobs],
-                                  [self.timeout_s] * len(jobs), pure=False)
+                                  [self.timeout_s] * len(jobs), [self.runner] * len(jobs),
+                                  pure=False)
         return [Trial.from_json(text) for text in self.client.gather(futures)]
 
     def close(self) -> None:
@@ -290,14 +321,50 @@ def tune(spec, batch: int = 1, trials: int = 64, time_budget_s: float | None = N
     spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec
     build_graph(spec)                                  # a bad spec fails here, clearly
     target_obj = targets.resolve(target)
+    net = CompiledNet(spec, target=target_obj, cache_dir=cache_dir, tuning_db=False)
+    report = _tune_kernels(kernels_to_tune(net, batch, layers), RUNNER, spec, batch, target,
+                           db, cache_dir, strategy, trials, time_budget_s, workers, scheduler,
+                           seed, progress, started)
+    if plot is not None:
+        plot_convergence(report, plot)
+    return report
+
+
+def tune_training(spec, batch: int = 32, trials: int = 64, time_budget_s: float | None = None,
+                  strategy: str = "evolve", db=None, workers: int = 1,
+                  scheduler: str | None = None, seed: int = 0, target="cpu", cache_dir=None,
+                  layers=None, progress: bool = True, plot=None) -> TuneReport:
+    """Tune the weight-gradient kernel of every distinct conv and dense layer of ``spec``'s
+    training step at ``batch``; the records go to ``db`` (default: ``tuning.db`` beside the
+    kernel cache), keyed by the gradient's workload (``describe_grad``), where
+    ``TrainPlan.compile`` (so ``cnngen.Trainer``) finds them. The arguments are ``tune``'s;
+    ``layers`` names layers of the training graph. Each candidate is checked against the
+    reference gradients before it is timed (train_measure.py)."""
+    _check(strategy, trials, time_budget_s, workers, batch)
+    started = time.monotonic()
+    spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec
+    graph = build_graph(spec)
+    target_obj = targets.resolve(target)
+    plan = TrainPlan(graph, batch, target_obj, Parameters(graph, init_weights(graph, seed)))
+    plan.compile(KernelCache(cache_dir), tuning_db=False)
+    report = _tune_kernels(grad_kernels_to_tune(plan, layers), train_measure.RUNNER, spec,
+                           batch, target, db, cache_dir, strategy, trials, time_budget_s,
+                           workers, scheduler, seed, progress, started)
+    if plot is not None:
+        plot_convergence(report, plot)
+    return report
+
+
+def _tune_kernels(kernels, runner, spec, batch, target, db, cache_dir, strategy, trials,
+                  time_budget_s, workers, scheduler, seed, progress, started) -> TuneReport:
+    """Search each of ``kernels`` in turn, measured by ``runner`` in workers; the report."""
+    target_obj = targets.resolve(target)
     target_name = target if isinstance(target, str) else f"cpu-{target_obj.isa}"
     cache = KernelCache(cache_dir)
     db_path = Path(db) if db is not None else cache.dir / DEFAULT_DB_NAME
-    net = CompiledNet(spec, target=target_obj, cache_dir=cache_dir, tuning_db=False)
-    kernels = kernels_to_tune(net, batch, layers)
     context = Context.current(target_obj, template_hash())
-    executor = (DaskExecutor(workers, scheduler, JOB_TIMEOUT_S) if workers > 1 or scheduler
-                else LocalExecutor(JOB_TIMEOUT_S))
+    executor = (DaskExecutor(workers, scheduler, JOB_TIMEOUT_S, runner)
+                if workers > 1 or scheduler else LocalExecutor(JOB_TIMEOUT_S, runner))
     results = []
     try:
         with TuningDB(db_path) as database:
@@ -313,11 +380,8 @@ def tune(spec, batch: int = 1, trials: int = 64, time_budget_s: float | None = N
                 results.append(tune_kernel(session, kernel, trials, budget, seed, progress))
     finally:
         executor.close()
-    report = TuneReport(db_path, batch, str(target_obj), strategy, results,
-                        time.monotonic() - started)
-    if plot is not None:
-        plot_convergence(report, plot)
-    return report
+    return TuneReport(db_path, batch, str(target_obj), strategy, results,
+                      time.monotonic() - started)
 
 
 def plot_convergence(report: TuneReport, path) -> Path:

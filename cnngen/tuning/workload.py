@@ -1,7 +1,8 @@
 """What a tuning record is about, and applying records when a net is compiled.
 
 A workload is what one fused kernel computes, without the layers' names: the op chain with
-its attributes and the tensor types in and out. Two layers with equal workloads (the four
+its attributes and the tensor types in and out; a weight gradient's (``describe_grad``) is
+its forward's, marked as a gradient. Two layers with equal workloads (the four
 3x3 convs of ResNet-18's first stage) share their records. The template hash covers every
 file that decides what source a schedule produces (templates, lowerings, the kernel
 runtime), so a record measured before any of them changed is stale and never applied.
@@ -57,6 +58,26 @@ def kernel_family(node: Node) -> str:
     return origin(node)[0].op
 
 
+def describe_grad(node: Node) -> dict:
+    """The workload of a training node's weight gradient: its forward's, marked as the
+    gradient (so its records never mix with the forward's), with the activation left out
+    (its derivative is a kernel of its own; the weight gradient is the same without it)."""
+    work = describe(node)
+    for op in work["ops"]:
+        if "activation" in op["attrs"]:
+            op["attrs"]["activation"] = "identity"
+    return {**work, "grad": "weight"}
+
+
+def grad_workload_key(node: Node) -> str:
+    text = json.dumps(describe_grad(node), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def grad_kernel_family(node: Node) -> str:
+    return f"{origin(node)[0].op}_wgrad"
+
+
 class Records:
     """Records of one tuning database, applied to the nodes of plans for one target.
 
@@ -69,7 +90,14 @@ class Records:
         self.context = Context.current(target, template_hash())
 
     def schedule_for(self, node: Node, n_batch: int) -> tuple[sched.Schedule | None, str]:
-        lookup = self.db.best(workload_key(node), n_batch, self.context)
+        return self._lookup(workload_key(node), n_batch)
+
+    def grad_schedule_for(self, node: Node, n_batch: int) -> tuple[sched.Schedule | None, str]:
+        """The recorded schedule of a training node's weight gradient (``tune_training``)."""
+        return self._lookup(grad_workload_key(node), n_batch)
+
+    def _lookup(self, key: str, n_batch: int) -> tuple[sched.Schedule | None, str]:
+        lookup = self.db.best(key, n_batch, self.context)
         if lookup.record is None:
             where = "" if lookup.reason.startswith("no tuning database") else f"{self.path}: "
             return None, f"heuristic ({where}{lookup.reason})"

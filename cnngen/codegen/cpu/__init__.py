@@ -11,7 +11,8 @@ forward differs in training (batch norm's batch statistics, dropout's mask, max 
 switches); it takes a ``Lowering`` too. ``BACKWARD`` maps an op to its backward lowering: it
 takes a ``GradLowering`` and returns the calls that turn the output's gradient into the
 inputs' and the parameters' gradients; where it reads that gradient through a zero halo (a
-conv's data gradient, a transposed conv), ``GRAD_HALO`` gives the halo.
+conv's data gradient, a transposed conv), ``GRAD_HALO`` gives the halo; where its weight
+gradient takes a schedule, ``GRAD_SPACE`` gives the tuner's space of it.
 """
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ class GradLowering(LayerBuffers):
 def _registry():
     from . import (conv, conv_grad, conv_transpose_grad, dense, dense_grad, elementwise,
                    elementwise_grad, norm_grad, pool, pool_grad)
-    lower, halo, space, train, backward, grad_halo = {}, {}, {}, {}, {}, {}
+    lower, halo, space, train, backward, grad_halo, grad_space = {}, {}, {}, {}, {}, {}, {}
     for module in (conv, pool, elementwise, dense, conv_grad, conv_transpose_grad, dense_grad,
                    pool_grad, elementwise_grad, norm_grad):
         lower.update(getattr(module, "LOWER", {}))
@@ -133,7 +134,8 @@ def _registry():
         train.update(getattr(module, "TRAIN", {}))
         backward.update(getattr(module, "BACKWARD", {}))
         grad_halo.update(getattr(module, "GRAD_HALO", {}))
-    return lower, halo, space, train, backward, grad_halo
+        grad_space.update(getattr(module, "GRAD_SPACE", {}))
+    return lower, halo, space, train, backward, grad_halo, grad_space
 
 
-LOWER, HALO, SPACE, TRAIN, BACKWARD, GRAD_HALO = _registry()
+LOWER, HALO, SPACE, TRAIN, BACKWARD, GRAD_HALO, GRAD_SPACE = _registry()

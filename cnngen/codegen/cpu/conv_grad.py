@@ -8,16 +8,21 @@
 - data gradient: the transposed conv of dy with the same weights, lowered by conv.py's
   ``lower_conv_transpose`` (sub-pixel phases, the depthwise kernel for depthwise convs).
 
+The weight-gradient kernels take a ``WgradSchedule`` or ``DepthwiseWgradSchedule``
+(schedule.py): explicit, else the best of ``wgrad_ranked`` / ``depthwise_wgrad_ranked``
+not known to spill; ``GRAD_SPACE`` holds what the tuner searches.
+
 The training graph fuses nothing into a conv, so the gradient of the conv's output is the
 gradient of its pre-activation sum.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ...errors import InputError
 from ...ir import Node, frozen
-from ...schedule import Schedule, accumulator_limit, balanced_tile
+from ...schedule import (DepthwiseWgradSchedule, Schedule, WgradSchedule, accumulator_limit,
+                         balanced_tile, divisors, ranked_first)
 from ...target import Target
 from ..kernel import Call, spec
 from ..layout import Flat
@@ -35,37 +40,6 @@ KH_REUSE = 32
 FMA_CHAINS = 8
 # The partial sums of batch chunks take at most this much memory.
 PARTIAL_BYTES = 8 << 20
-
-
-def _knob(short: str):
-    return field(metadata={"short": short})
-
-
-@dataclass(frozen=True)
-class WgradSchedule(Schedule):
-    """The weight-gradient kernel: an ``oc_vecs`` x ``cols`` register tile (output-channel
-    vectors by broadcast inputs along ``axis``: 0 the input-channel lanes of a block, with
-    the kw taps folded in behind them where all V lanes are channels and dilation is 1;
-    1 the kw taps), the batch summed in ``chunks`` that run as separate tasks, the
-    kernel rows split over ``kh_tasks`` tasks (1: each task sweeps every kh), and with
-    ``pairs`` 1 the even and odd output columns summed in two tiles."""
-
-    oc_vecs: int = _knob("oc")
-    cols: int = _knob("c")
-    axis: int = _knob("ax")
-    chunks: int = _knob("ch")
-    kh_tasks: int = _knob("kh")
-    pairs: int = _knob("p")
-
-
-@dataclass(frozen=True)
-class DepthwiseWgradSchedule(Schedule):
-    """The depthwise weight-gradient kernel: ``cols`` kw taps per tile, the batch in
-    ``chunks``, the kernel rows over ``kh_tasks`` tasks."""
-
-    cols: int = _knob("c")
-    chunks: int = _knob("ch")
-    kh_tasks: int = _knob("kh")
 
 
 @dataclass(frozen=True)
@@ -160,11 +134,16 @@ def _split(work: WgradWorkload, target: Target, tasks: int, image_bytes: int,
     core, and few enough images per task that its sweep stays in half of L2; at most one
     per image, and partial sums of at most PARTIAL_BYTES."""
     wanted = TASKS_PER_CORE * target.cores
-    w_bytes = 4 * work.c_out * work.c_in // work.groups * work.k_h * work.k_w
-    most = max(1, min(work.n_batch, PARTIAL_BYTES // w_bytes))
+    most = _most_chunks(work)
     kh_tasks = work.k_h if reused or -(-wanted // tasks) > most else 1
     fit = -(-work.n_batch * image_bytes // (target.l2_bytes // 2))
     return max(1, min(most, max(-(-wanted // (tasks * kh_tasks)), fit))), kh_tasks
+
+
+def _most_chunks(work: WgradWorkload) -> int:
+    """Batch chunks: at most one per image, and partial sums of at most PARTIAL_BYTES."""
+    w_bytes = 4 * work.c_out * work.c_in // work.groups * work.k_h * work.k_w
+    return max(1, min(work.n_batch, PARTIAL_BYTES // w_bytes))
 
 
 def depthwise_wgrad_ranked(work: WgradWorkload, target: Target) -> list[DepthwiseWgradSchedule]:
@@ -178,6 +157,56 @@ def depthwise_wgrad_ranked(work: WgradWorkload, target: Target) -> list[Depthwis
     image_bytes = 4 * (work.h_out * work.w_out * v + work.x_block_floats)
     return [DepthwiseWgradSchedule(cols, *_split(work, target, blocks, image_bytes, False))
             for cols in tiles]
+
+
+# Batch chunks the tuner tries (at most _most_chunks), besides the heuristic's.
+CHUNKS = (1, 2, 4, 8, 16)
+
+
+def _split_choices(work: WgradWorkload, ranked: list) -> list[tuple[int, int]]:
+    """(batch chunks, kh tasks) the tuner tries: CHUNKS and the heuristic's chunks, by one
+    kh task, all the kernel rows and the heuristic's."""
+    most = _most_chunks(work)
+    chunks = sorted({c for c in CHUNKS if c <= most} | {s.chunks for s in ranked})
+    kh_tasks = sorted({1, work.k_h} | {s.kh_tasks for s in ranked})
+    return [(c, k) for c in chunks for k in kh_tasks]
+
+
+def wgrad_space(work: WgradWorkload, target: Target) -> list[WgradSchedule]:
+    """Every weight-gradient tile that could fit, the heuristic's ranking first: output
+    vectors dividing the group's (up to 4), both broadcast axes, columns while the
+    accumulators, the dy vectors and a broadcast fit the registers (pairs where twice the
+    accumulators do), by the batch and kernel-row splits of ``_split_choices``."""
+    v, registers = target.vector, target.vector_registers
+    ranked = wgrad_ranked(work, target)
+    oc_blocks = -(-work.c_out // v)
+    per_group = (oc_blocks // work.groups if is_aligned(work.c_in, work.c_out, work.groups, v)
+                 else oc_blocks)
+    points = [WgradSchedule(oc_vecs, cols, axis, chunks, kh_tasks, pairs)
+              for oc_vecs in divisors(per_group, 4) for axis in (LANES_AXIS, KW_AXIS)
+              for cols in range(1, min(work.axis_extent(axis, v),
+                                       (registers - oc_vecs - 1) // oc_vecs) + 1)
+              for pairs in ((0, 1) if 2 * oc_vecs * cols <= registers - oc_vecs - 1 else (0,))
+              for chunks, kh_tasks in _split_choices(work, ranked)]
+    return ranked_first(ranked, points)
+
+
+def depthwise_wgrad_space(work: WgradWorkload, target: Target) -> list[DepthwiseWgradSchedule]:
+    """kw taps per tile up to what the registers hold, by the splits of ``_split_choices``."""
+    ranked = depthwise_wgrad_ranked(work, target)
+    top = min(work.k_w, max(1, target.vector_registers - 4))
+    points = [DepthwiseWgradSchedule(cols, chunks, kh_tasks) for cols in range(1, top + 1)
+              for chunks, kh_tasks in _split_choices(work, ranked)]
+    return ranked_first(ranked, points)
+
+
+def grad_space(g: GradLowering) -> list[Schedule]:
+    """The tuner's space of the layer's weight-gradient kernel (its data gradient, a
+    transposed conv, keeps the heuristic's schedule)."""
+    work = workload(g)
+    if is_depthwise(work.c_in, work.c_out, work.groups):
+        return depthwise_wgrad_space(work, g.target)
+    return wgrad_space(work, g.target)
 
 
 def workload(g: GradLowering) -> WgradWorkload:
@@ -252,7 +281,8 @@ def weight_grad(g: GradLowering) -> list[Call]:
     flops = 2 * n_batch * c_out * dy.height * dy.width * (c_in // groups) * kernel[0] * kernel[1]
     moved = 4 * (x.size(n_batch) + dy.size(n_batch))
     if is_depthwise(c_in, c_out, groups):
-        s = explicit(g, DepthwiseWgradSchedule) or depthwise_wgrad_ranked(work, g.target)[0]
+        s = (explicit(g, DepthwiseWgradSchedule)
+             or g.heuristic(depthwise_wgrad_ranked(work, g.target)))
         args, values, sums = destinations(g, s.chunks, bias)
         kernel_spec = spec(
             "depthwise2d_wgrad", ("depthwise2d_wgrad",), f"nchw{v}c", s, flops=flops, bytes=moved,
@@ -260,7 +290,7 @@ def weight_grad(g: GradLowering) -> list[Call]:
             tail_tiles=int(kernel[1] % s.cols > 0), kw_tail=kernel[1] % s.cols or s.cols,
             kh_tasks=s.kh_tasks, **common, **values)
         return [Call(node.name, kernel_spec, (g.inputs[0], g.grad_output, *args))] + sums
-    s = explicit(g, WgradSchedule) or wgrad_ranked(work, g.target)[0]
+    s = explicit(g, WgradSchedule) or g.heuristic(wgrad_ranked(work, g.target))
     lanes = work.lanes(v)
     extent = work.axis_extent(s.axis, v)
     # the template's axis: 0 lanes (kw looped), 1 kw taps (lanes looped), 2 kw*V + lane
@@ -302,7 +332,7 @@ def grad_output_halo(node: Node) -> tuple[int, int, int, int]:
 
 def data_grad(g: GradLowering) -> list[Call]:
     low = Lowering(transposed_node(g.node), (g.d_out,), g.d_ins[0], g.n_batch, g.target,
-                   temps=g.temps)
+                   temps=g.temps, avoid=g.avoid)
     if low.inputs[0] != g.grad_output:
         raise AssertionError(f"{g.node.name}: dy is {g.grad_output}, not {low.inputs[0]}")
     return lower_conv_transpose(low, output=g.grad_input(0), tag="dx")
@@ -324,3 +354,4 @@ def lower_conv_backward(g: GradLowering) -> list[Call]:
 
 BACKWARD = {"conv1d": lower_conv_backward, "conv2d": lower_conv_backward}
 GRAD_HALO = {"conv1d": grad_output_halo, "conv2d": grad_output_halo}
+GRAD_SPACE = {"conv1d": grad_space, "conv2d": grad_space}

@@ -13,7 +13,9 @@ The data gradient reuses the forward kernel (``dense.lower_dense``): a dense lay
 of their own, without bias. The weight gradient is ``dense_wgrad``: a register tile of unit
 vectors of dy by broadcast features of x, parallel over (unit group, input block) tasks;
 where those are too few for the cores it also splits the batch into slices, each writing
-partial sums into a scratch buffer, and ``dense_wgrad_sum`` adds them into dw and db.
+partial sums into a scratch buffer, and ``dense_wgrad_sum`` adds them into dw and db. Its
+schedule is a ``DenseWgradSchedule`` (tile and slices): explicit, else the best of
+``wgrad_ranked`` not known to spill; ``GRAD_SPACE`` holds what the tuner searches.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import dataclasses
 
 import numpy as np
 
+from ...errors import InputError
+from ...schedule import DenseWgradSchedule, divisors, ranked_first
 from ..kernel import Call, Const, spec
 from ..layout import Blocked, Flat
 from . import GradLowering, Lowering
@@ -36,23 +40,17 @@ SPLIT_MIN_FLOPS = 1_000_000
 SUM_CHUNK = 4096
 
 
-def wgrad_tile(unit_blocks: int, vector: int, registers: int) -> tuple[int, int]:
-    """(unit vectors, features) of the weight-gradient register tile.
+def wgrad_tiles(unit_blocks: int, vector: int, registers: int) -> list[tuple[int, int]]:
+    """(unit vectors, features) of the weight-gradient register tiles, best first.
 
-    The most accumulators whose tile, its unit-vector loads and one broadcast fit in the
+    Every tile whose accumulators, its unit-vector loads and one broadcast fit in the
     registers (28 of AVX-512's 32, as the forward tiles; 15 of AVX2's 16), unit vectors
-    dividing the layer's, features dividing V; among equal tiles, the fewest loads per FMA
-    (unit vectors + features)."""
+    dividing the layer's (up to 4), features dividing V; the most accumulators first, then
+    the fewest loads per FMA (unit vectors + features), then more unit vectors."""
     budget = 28 if registers >= 32 else registers - 1
-    best = None
-    for unit_vecs in (u for u in (4, 3, 2, 1) if unit_blocks % u == 0):
-        for in_tile in (t for t in range(vector, 0, -1) if vector % t == 0):
-            if unit_vecs * in_tile + unit_vecs + 1 <= budget:
-                key = (unit_vecs * in_tile, -(unit_vecs + in_tile))
-                if best is None or key > best[0]:
-                    best = (key, (unit_vecs, in_tile))
-                break
-    return best[1]
+    tiles = [(unit_vecs, in_tile) for unit_vecs in reversed(divisors(unit_blocks, 4))
+             for in_tile in divisors(vector) if unit_vecs * in_tile + unit_vecs + 1 <= budget]
+    return sorted(tiles, key=lambda t: (t[0] * t[1], -(t[0] + t[1])), reverse=True)
 
 
 def batch_splits(tasks: int, n_batch: int, cores: int, flops: int) -> int:
@@ -63,9 +61,55 @@ def batch_splits(tasks: int, n_batch: int, cores: int, flops: int) -> int:
     return max(1, min(-(-want // tasks), n_batch // SPLIT_MIN_SAMPLES))
 
 
+def wgrad_ranked(g: GradLowering) -> list[DenseWgradSchedule]:
+    """The layer's weight-gradient schedules best first: ``wgrad_tiles``, each with the
+    batch slices ``batch_splits`` gives its tasks."""
+    x, dy, v = g.ins[0], g.d_out, g.target.vector
+    flops = 2 * g.n_batch * dy.channels * x.channels
+    return [DenseWgradSchedule(unit_vecs, in_tile, batch_splits(
+                dy.blocks // unit_vecs * x.blocks, g.n_batch, g.target.cores, flops))
+            for unit_vecs, in_tile in wgrad_tiles(dy.blocks, v, g.target.vector_registers)]
+
+
+# Batch slices the tuner tries (at most one per sample), besides the heuristic's.
+SPLITS = (1, 2, 4, 8)
+
+
+def grad_space(g: GradLowering) -> list[DenseWgradSchedule]:
+    """Every weight-gradient tile that could fit the registers (unit vectors dividing the
+    layer's, up to 4, by features dividing V) by the batch slices of SPLITS, the
+    heuristic's ranking first."""
+    x, dy, v, registers = g.ins[0], g.d_out, g.target.vector, g.target.vector_registers
+    ranked = wgrad_ranked(g)
+    splits = sorted({s for s in SPLITS if s <= g.n_batch} | {s.splits for s in ranked})
+    points = [DenseWgradSchedule(unit_vecs, in_tile, n)
+              for unit_vecs in divisors(dy.blocks, 4) for in_tile in divisors(v)
+              if unit_vecs * in_tile + unit_vecs + 1 <= registers for n in splits]
+    return ranked_first(ranked, points)
+
+
+def explicit(g: GradLowering) -> DenseWgradSchedule | None:
+    """The lowering's explicit schedule if it is a DenseWgradSchedule, checked against the
+    layer."""
+    s, v, unit_blocks = g.schedule, g.target.vector, g.d_out.blocks
+    if not isinstance(s, DenseWgradSchedule):
+        return None
+    problems = []
+    if s.unit_vecs < 1 or unit_blocks % s.unit_vecs:
+        problems.append(f"unit_vecs={s.unit_vecs} must divide the {unit_blocks} unit vectors")
+    if s.in_tile < 1 or v % s.in_tile:
+        problems.append(f"in_tile={s.in_tile} must divide the vector width {v}")
+    if s.splits < 1:
+        problems.append(f"splits={s.splits} must be >= 1")
+    if problems:
+        raise InputError(f"layer {g.node.name!r} (dense) weight gradient: schedule {s} does "
+                         f"not fit: {'; '.join(problems)}.")
+    return s
+
+
 def lower_dense_grad(g: GradLowering, splits: int | None = None) -> list[Call]:
     """The calls of a dense layer's backward (``splits`` forces the batch slices of the
-    weight gradient; by default ``batch_splits`` picks them)."""
+    weight gradient; by default its schedule's)."""
     node = g.node
     if node.attrs["activation"] != "identity":
         raise ValueError(f"layer {node.name!r} (dense): the training graph keeps activations "
@@ -85,7 +129,7 @@ def lower_dense_grad(g: GradLowering, splits: int | None = None) -> list[Call]:
 def data_grad(g: GradLowering) -> list[Call]:
     """dx = dy . w: the forward dense kernel of ``in`` units over ``units`` features."""
     node, v = g.node, g.target.vector
-    low = Lowering(node, (g.d_out,), g.d_ins[0], g.n_batch, g.target)
+    low = Lowering(node, (g.d_out,), g.d_ins[0], g.n_batch, g.target, avoid=g.avoid)
     [call] = lower_dense(low)
     unit_vecs = dict(call.kernel.values)["unit_vecs"]
     features = g.d_ins[0].channels
@@ -103,11 +147,11 @@ def weight_grad(g: GradLowering, splits: int | None) -> list[Call]:
     node, x, dy, v = g.node, g.ins[0], g.d_out, g.target.vector
     units, features, n_batch = dy.channels, x.channels, g.n_batch
     has_bias = "b" in node.params
-    unit_vecs, in_tile = wgrad_tile(dy.blocks, v, g.target.vector_registers)
-    tasks = dy.blocks // unit_vecs * x.blocks
+    s = explicit(g) or g.heuristic(wgrad_ranked(g))
+    if splits is not None:
+        s = dataclasses.replace(s, splits=splits)
+    unit_vecs, in_tile, splits = s.unit_vecs, s.in_tile, s.splits
     flops = 2 * n_batch * units * features
-    if splits is None:
-        splits = batch_splits(tasks, n_batch, g.target.cores, flops)
     w_size = units * features
     dw, db = g.param_grad("w"), g.param_grad("b") if has_bias else None
     if splits > 1:
@@ -116,7 +160,7 @@ def weight_grad(g: GradLowering, splits: int | None) -> list[Call]:
     else:
         outputs, db_origin = (dw, db) if has_bias else (dw,), 0
     kernel = spec(
-        "dense_wgrad", ("dense_wgrad",), f"nc{v}c", flops=flops + n_batch * units,
+        "dense_wgrad", ("dense_wgrad",), f"nc{v}c", s, flops=flops + n_batch * units,
         bytes=4 * (dy.size(n_batch) + x.size(n_batch) + splits * (w_size + units)),
         units=units, features=features, unit_blocks=dy.blocks, in_blocks=x.blocks,
         last_units=units - (dy.blocks - 1) * v, last_in=features - (x.blocks - 1) * v,
@@ -135,3 +179,4 @@ def weight_grad(g: GradLowering, splits: int | None) -> list[Call]:
 
 
 BACKWARD = {"dense": lower_dense_grad}
+GRAD_SPACE = {"dense": grad_space}
