@@ -129,6 +129,33 @@ def test_batch_norm_blocks_fuse_for_training():
     assert [n.op for n in graph.nodes if n.name in fused] == ["batchnorm"] * 4
 
 
+def plan_of(spec, batch=3):
+    graph = build_graph(spec)
+    params = Parameters(graph, cnngen.ReferenceExecutor(spec, seed=0).weights)
+    return TrainPlan(graph, batch, targets.resolve("cpu"), params)
+
+
+def test_batch_norm_statistics_come_from_the_conv_epilogue():
+    plan = plan_of(NETS["bn_blocks"])
+    forward = plan.calls[:plan.n_scored]
+    assert "batchnorm_stats_train" not in [c.kernel.template for c in forward]
+    convs = {c.layer: dict(c.kernel.values) for c in forward if c.kernel.template == "conv2d"}
+    assert all(values["stats"] for values in convs.values())
+    bands = -(-convs["c1"]["h_out"] // convs["c1"]["rows"])
+    finalize = next(c for c in forward if c.kernel.template == "batchnorm_finalize_train")
+    assert dict(finalize.kernel.values)["groups"] == bands
+    assert plan.layouts["p1:partials"].count == 2 * plan.target.vector * bands   # 6 channels: 1 block
+
+
+def test_a_batch_norm_after_a_depthwise_conv_computes_its_own_statistics():
+    spec = net("dw_bn", (4, 7, 7), [conv("dw", 4, 3, groups=4, bias=False),
+                                    {"name": "bn", "op": "batchnorm"},
+                                    {"name": "flat", "op": "flatten"},
+                                    {"name": "out", "op": "dense", "units": 3}])
+    plan = plan_of(spec)
+    assert "batchnorm_stats_train" in [c.kernel.template for c in plan.calls]
+
+
 def test_a_frozen_batch_norm_stays_frozen_inside_its_fused_block(kernel_cache):
     *_, params, plan, _, grads = run_both(NETS["bn_blocks"], 2, "cpu", kernel_cache,
                                           frozen={"bn1", "c1"})

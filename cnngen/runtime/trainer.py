@@ -265,6 +265,10 @@ class Trainer:
     def _check_targets(self, y: np.ndarray, n: int, where: str) -> np.ndarray:
         """``y`` as the loss takes it, or InputError saying what it expected."""
         out = self.graph.output.out
+        if self.graph.loss is None:
+            raise InputError(f"{where}: network {self.graph.name!r} has no loss; add 'loss: "
+                             f"{{op: softmax_cross_entropy}}' or 'loss: {{op: mse}}' to train "
+                             f"or evaluate it.")
         if len(y) != n:
             raise InputError(f"{where}: {n} samples and {len(y)} targets.")
         if self.graph.loss.op == "softmax_cross_entropy":

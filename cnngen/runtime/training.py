@@ -24,7 +24,8 @@ from ..codegen.cache import KernelCache
 from ..codegen.cpu import (BACKWARD, GRAD_HALO, GRAD_SPACE, LEAKY_ALPHA, LOWER, TRAIN,
                            GradLowering, Lowering, grad_name)
 from ..codegen.cpu.elementwise_grad import activation_grad
-from ..codegen.cpu.norm_grad import step_seed, update_running_stats, values_per_channel
+from ..codegen.cpu.norm_grad import (statistics_in_conv, step_seed, update_running_stats,
+                                     values_per_channel)
 from ..codegen.cpu.edges import to_blocked
 from ..codegen.cpu.loss import LOSS, LossLowering, target_layout
 from ..codegen.kernel import Buffer, Call, Const, ParamGrad
@@ -94,6 +95,7 @@ class TrainPlan:
                            n_batch, target, None, tuple(self.layouts[r] for r in node.refs),
                            self.layouts)
             self.calls += TRAIN.get(node.op, LOWER[node.op])(low)
+        self.calls = statistics_in_conv(self.calls, self.layouts)
         self.layouts[LOSS_TARGET] = target_layout(graph.loss.op, out.out, v)
         # each gradient with the halo its producer's backward reads it with
         self.grad_layouts = {node.name: Blocked.of(node.out, v, GRAD_HALO[node.op](node)

@@ -13,7 +13,8 @@ A second run on the same database measures nothing it already has, and records a
 by ``cnngen.compile`` (explicit schedule > record > heuristic).
 
 ``tune_training`` does the same for the weight-gradient kernels of a training step
-(``codegen.cpu.GRAD_SPACE``: register tiles, batch chunks, kernel-row tasks), measured by
+(``codegen.cpu.GRAD_SPACE``: register tiles, batch chunks, kernel-row tasks; a transposed
+conv's is its adjoint conv's wgrad, roles swapped), measured by
 train_measure.py and keyed by the gradient's workload; ``TrainPlan.compile`` applies them.
 
 Measurement fans out over a Dask cluster: ``workers=N`` starts a LocalCluster of N worker
@@ -334,10 +335,10 @@ def tune_training(spec, batch: int = 32, trials: int = 64, time_budget_s: float 
                   strategy: str = "evolve", db=None, workers: int = 1,
                   scheduler: str | None = None, seed: int = 0, target="cpu", cache_dir=None,
                   layers=None, progress: bool = True, plot=None) -> TuneReport:
-    """Tune the weight-gradient kernel of every distinct conv and dense layer of ``spec``'s
-    training step at ``batch``; the records go to ``db`` (default: ``tuning.db`` beside the
-    kernel cache), keyed by the gradient's workload (``describe_grad``), where
-    ``TrainPlan.compile`` (so ``cnngen.Trainer``) finds them. The arguments are ``tune``'s;
+    """Tune the weight-gradient kernel of every distinct conv, transposed conv and dense
+    layer of ``spec``'s training step at ``batch``; the records go to ``db`` (default:
+    ``tuning.db`` beside the kernel cache), keyed by the gradient's workload
+    (``describe_grad``), where ``TrainPlan.compile`` (so ``cnngen.Trainer``) finds them. The arguments are ``tune``'s;
     ``layers`` names layers of the training graph. Each candidate is checked against the
     reference gradients before it is timed (train_measure.py)."""
     _check(strategy, trials, time_budget_s, workers, batch)

@@ -210,7 +210,7 @@ def direct_conv(low: Lowering, x: Blocked, x_buffer, groups: int, kernel, stride
         epilogue=(node.attrs["activation"] != "identity" or bool(node.attrs["bias"])
                   or bool(node.fused)),
         last_lanes=conv.channels - (oc_blocks - 1) * v,
-        residual=bool(residual), cols=cols, **pool_values(pool, conv, mode),
+        residual=bool(residual), stats=False, cols=cols, **pool_values(pool, conv, mode),
         h_out=conv.height, w_out=conv.width, k_h=kernel[0], k_w=kernel[1],
         stride_h=stride[0], stride_w=stride[1], dilation_h=dilation[0], dilation_w=dilation[1],
         ic_vecs=ic_vecs, ic_lanes=min(c_group, v), oc_blocks=oc_blocks,

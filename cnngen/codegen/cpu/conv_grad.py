@@ -241,8 +241,10 @@ def destinations(g: GradLowering, chunks: int, bias: bool) -> tuple[tuple, dict,
     return (part, part), dict(w_chunk=w_size + k, b_base=w_size, b_chunk=w_size + k), sums
 
 
-def explicit(g: GradLowering, kind: type) -> Schedule | None:
-    """The lowering's explicit schedule if it is a ``kind``, checked against the layer."""
+def explicit(g: GradLowering, kind: type, op: str | None = None) -> Schedule | None:
+    """The lowering's explicit schedule if it is a ``kind``, checked against the layer;
+    a misfit names ``op`` (default ``g``'s), the op the user wrote where ``g`` is another's
+    (a transposed conv's weight gradient lowered as its adjoint conv's)."""
     s = g.schedule
     if not isinstance(s, kind):
         return None
@@ -261,12 +263,14 @@ def explicit(g: GradLowering, kind: type) -> Schedule | None:
         if s.axis not in (LANES_AXIS, KW_AXIS) or s.pairs not in (0, 1):
             problems.append(f"axis={s.axis} and pairs={s.pairs} must be 0 or 1")
     if problems:
-        raise InputError(f"layer {g.node.name!r} ({g.node.op}) weight gradient: schedule {s} "
-                         f"does not fit: {'; '.join(problems)}.")
+        raise InputError(f"layer {g.node.name!r} ({op or g.node.op}) weight gradient: "
+                         f"schedule {s} does not fit: {'; '.join(problems)}.")
     return s
 
 
-def weight_grad(g: GradLowering) -> list[Call]:
+def weight_grad(g: GradLowering, op: str | None = None) -> list[Call]:
+    """dw and, if the layer has one, db; a misfit explicit schedule names ``op`` (see
+    ``explicit``)."""
     node, v = g.node, g.target.vector
     x, dy, n_batch = g.ins[0], g.d_out, g.n_batch
     kernel, stride, dilation, ((top, _), (left, _)) = geometry(node)
@@ -281,7 +285,7 @@ def weight_grad(g: GradLowering) -> list[Call]:
     flops = 2 * n_batch * c_out * dy.height * dy.width * (c_in // groups) * kernel[0] * kernel[1]
     moved = 4 * (x.size(n_batch) + dy.size(n_batch))
     if is_depthwise(c_in, c_out, groups):
-        s = (explicit(g, DepthwiseWgradSchedule)
+        s = (explicit(g, DepthwiseWgradSchedule, op)
              or g.heuristic(depthwise_wgrad_ranked(work, g.target)))
         args, values, sums = destinations(g, s.chunks, bias)
         kernel_spec = spec(
@@ -290,7 +294,7 @@ def weight_grad(g: GradLowering) -> list[Call]:
             tail_tiles=int(kernel[1] % s.cols > 0), kw_tail=kernel[1] % s.cols or s.cols,
             kh_tasks=s.kh_tasks, **common, **values)
         return [Call(node.name, kernel_spec, (g.inputs[0], g.grad_output, *args))] + sums
-    s = explicit(g, WgradSchedule) or g.heuristic(wgrad_ranked(work, g.target))
+    s = explicit(g, WgradSchedule, op) or g.heuristic(wgrad_ranked(work, g.target))
     lanes = work.lanes(v)
     extent = work.axis_extent(s.axis, v)
     # the template's axis: 0 lanes (kw looped), 1 kw taps (lanes looped), 2 kw*V + lane

@@ -17,6 +17,10 @@ and padding (ops/conv.py), so its backward is that conv's forward and weight gra
   which is the transposed conv's PyTorch layout as it stands.
 - db: ``channel_sum`` of dy (the wgrad's own bias sum would sum x here).
 
+The layer's schedule is its weight gradient's (a ``WgradSchedule`` or
+``DepthwiseWgradSchedule`` of the adjoint conv's wgrad); ``GRAD_SPACE`` holds what the tuner
+searches, the adjoint's space. A schedule that does not fit names the layer's own op.
+
 dy is read in place by both convs, with the zero halo ``grad_output_halo`` names.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ...ir import Node, frozen
+from ...schedule import Schedule
 from ..kernel import Buffer, Call, Const, spec
 from . import GradLowering, Lowering, conv_grad, grad_name
 from .conv import conv_halo, lower_conv, retarget
@@ -91,7 +96,7 @@ def swapped(g: GradLowering) -> SwappedRoles:
 def weight_grad(g: GradLowering) -> list[Call]:
     """dw (conv_grad's kernel, roles swapped) and, if the layer has one, db."""
     node, dy = g.node, g.d_out
-    calls = conv_grad.weight_grad(swapped(g))
+    calls = conv_grad.weight_grad(swapped(g), op=node.op)
     if "b" in node.params:
         kernel = spec("channel_sum", ("bias_grad",), f"nchw{dy.vector}c",
                       flops=g.n_batch * dy.blocks * dy.vector * dy.height * dy.width,
@@ -99,6 +104,12 @@ def weight_grad(g: GradLowering) -> list[Call]:
                       height=dy.height, width=dy.width, **dy.strides("x"))
         calls.append(Call(node.name, kernel, (g.grad_output, g.param_grad("b"))))
     return calls
+
+
+def grad_space(g: GradLowering) -> list[Schedule]:
+    """The tuner's space of the layer's weight gradient: the adjoint conv's, roles swapped
+    (the data gradient, a conv, keeps the heuristic's schedule)."""
+    return conv_grad.grad_space(swapped(g))
 
 
 def lower_conv_transpose_backward(g: GradLowering) -> list[Call]:
@@ -120,3 +131,4 @@ def lower_conv_transpose_backward(g: GradLowering) -> list[Call]:
 BACKWARD = {"conv_transpose1d": lower_conv_transpose_backward,
             "conv_transpose2d": lower_conv_transpose_backward}
 GRAD_HALO = {"conv_transpose1d": grad_output_halo, "conv_transpose2d": grad_output_halo}
+GRAD_SPACE = {"conv_transpose1d": grad_space, "conv_transpose2d": grad_space}

@@ -3,16 +3,25 @@
 batchnorm, training forward: three calls.
   1. ``batchnorm_stats_train``, a task per (image, channel block): the image's per-channel
      mean and sum of squared deviations from it (two passes over the plane, in cache),
-     into ``<layer>:partials``.
+     into ``<layer>:partials``. When a direct conv writes the batch norm's input, the conv's
+     epilogue writes these per row band instead, while the band is in cache, and this call
+     goes (``statistics_in_conv``).
   2. ``batchnorm_finalize_train``, a task per channel block: Chan et al.'s combination of
-     the images' (mean, M2) in float64, two passes over the partials; writes the batch
+     the bands' (count, mean, M2) in float64, two passes over the partials; writes the batch
      mean and biased variance (``<layer>:mean``, ``<layer>:var``) and the normalisation as
      ``<layer>:scale`` and ``<layer>:shift``.
-  3. ``scale_shift`` (the inference kernel): y = scale*x + shift.
+  3. ``scale_shift``: y = act(scale*x + shift), the activation fused after the batch norm
+     (``passes.training``) included; with a fused max pool, ``maxpool2d_switches`` pools
+     act(scale*x + shift) as it reads x and writes the switches, so the normalised
+     activation is never stored.
   No step subtracts two large sums (no one-pass sum of squares), so the variance keeps
   its digits when the mean is large against the spread.
-batchnorm, backward: three calls.
-  1. ``batchnorm_stats_grad`` per (image, channel block): sums of dy and dy*(x - mean).
+batchnorm, backward: three calls (four with a fused max pool).
+  0. with a fused max pool, ``pool2d_grad`` through the switches into the pre-pool
+     gradient ``<layer>:grad_pre_pool``.
+  1. ``batchnorm_stats_grad`` per (image, channel block): with a fused activation, first
+     dy <- dy * act'(act(scale*x + shift)) in place (y recomputed from x); then the sums
+     of dy and dy*(x - mean).
   2. ``batchnorm_finalize_grad`` per channel block: dgamma, dbeta (into the parameter
      gradients) and the coefficients of dx = A*dy + B*(x - mean) + C0.
   3. ``batchnorm_grad`` per (image, channel block, row): dx.
@@ -45,6 +54,7 @@ from ..kernel import Call, Const, spec
 from ..layout import Blocked, Flat
 from ..vecmath import OUTPUT_DERIVATIVES
 from . import LEAKY_ALPHA, GradLowering, Lowering, activation_values
+from .conv import retarget
 from .elementwise import padded
 from .pool import Normalise, geometry, switches_call
 from .pool_grad import NO_PADS, pool_grad_call
@@ -88,7 +98,8 @@ def lower_batchnorm_train(low: Lowering) -> list[Call]:
                  **x.strides("x"))
     finalize = spec("batchnorm_finalize_train", ("batchnorm", "finalize"), f"nchw{v}c",
                     bytes=4 * 2 * n * x.blocks * v, blocks=x.blocks, channels=c,
-                    plane=x.height * x.width, eps=float(bn.attrs["eps"]))
+                    height=x.height, width=x.width, groups=1, rows=x.height,
+                    eps=float(bn.attrs["eps"]))
     calls = [
         Call(name, stats, (low.inputs[0], temps["partials"])),
         Call(name, finalize, (temps["partials"], Const(bn.name, "gamma_beta", gamma_beta(c, v)),
@@ -104,6 +115,36 @@ def lower_batchnorm_train(low: Lowering) -> list[Call]:
                      height=out.height, width=out.width, **x.strides("x"), **out.strides("out"))
     return calls + [Call(name, normalise, (low.inputs[0], temps["scale"], temps["shift"],
                                            low.output))]
+
+
+def statistics_in_conv(calls: list[Call], layouts: dict) -> list[Call]:
+    """``calls`` (a training forward) with every batch norm whose input a direct conv writes
+    (no pool in its epilogue) taking its statistics from that conv's epilogue: the conv
+    gains STATS and writes the partials per row band, the batch norm's stats call goes,
+    and its finalize combines the bands. ``layouts`` gets the partials' new size."""
+    writers = {c.args[3].name: c for c in calls
+               if c.kernel.template == "conv2d" and not dict(c.kernel.values)["pool"]}
+    bands = {}
+    out = []
+    for call in calls:
+        conv = writers.get(call.args[0].name) if call.kernel.template == "batchnorm_stats_train" \
+            else None
+        if conv is not None:
+            partials = call.args[1]
+            values = dict(conv.kernel.values)
+            groups = -(-values["h_out"] // values["rows"])
+            bands[partials] = (groups, values["rows"])
+            x = layouts[call.args[0].name]
+            layouts[partials.name] = Flat(2 * x.blocks * x.vector * groups, per_sample=True)
+            res = conv.args[4] if values["residual"] else conv.args[3]   # unread placeholder
+            writers[call.args[0].name] = None
+            out[out.index(conv)] = retarget(conv, partials, conv.args[:4] + (res,), stats=True)
+            continue
+        if call.kernel.template == "batchnorm_finalize_train" and call.args[0] in bands:
+            groups, rows = bands[call.args[0]]
+            call = retarget(call, call.args[-1], call.args[:-1], groups=groups, rows=rows)
+        out.append(call)
+    return out
 
 
 def batchnorm_backward(g: GradLowering) -> list[Call]:
