@@ -134,11 +134,21 @@ def test_an_explicit_weight_gradient_schedule_reaches_the_kernel(target, kernel_
         assert_close(out[ParamGrad("y", param)], grads.weights["y"][param], f"d{param}")
 
 
-def test_a_weight_gradient_schedule_that_does_not_fit_names_the_layer():
+@pytest.mark.parametrize("spec, bad, problem", [
+    (single("conv_transpose2d", (5, 4, 5), filters=3, kernel=3, stride=2, padding=1),
+     conv_grad.WgradSchedule(oc_vecs=1, cols=2, axis=1, chunks=1, kh_tasks=4, pairs=0),
+     "kh_tasks=4 must be at most the 3 kernel rows"),
+    (single("conv_transpose1d", (6, 5), filters=6, kernel=3, groups=6, stride=2),
+     conv_grad.DepthwiseWgradSchedule(cols=0, chunks=1, kh_tasks=1),
+     "cols=0 must be >= 1"),
+], ids=["conv_transpose2d", "conv_transpose1d_depthwise"])
+def test_a_weight_gradient_schedule_that_does_not_fit_names_the_layer_and_its_op(spec, bad,
+                                                                                 problem):
+    """The message names the op the user wrote, not the adjoint conv it is lowered as."""
     target = resolve(TARGETS[-1])
-    spec = single("conv_transpose2d", (5, 4, 5), filters=3, kernel=3, stride=2, padding=1)
-    bad = conv_grad.WgradSchedule(oc_vecs=1, cols=2, axis=1, chunks=1, kh_tasks=4, pairs=0)
-    with pytest.raises(InputError, match=r"'y'.*kh_tasks=4 must be at most the 3 kernel rows"):
+    op = spec["layers"][0]["op"]
+    with pytest.raises(InputError, match=rf"layer 'y' \({op}\) weight gradient: schedule "
+                                         rf".* does not fit: {problem}"):
         lowered(spec, 2, target, data=False, schedule=bad)
 
 

@@ -1,9 +1,12 @@
 """The backward kernels' schedules: the tuner's space (every point legal, a sample of it
 against the float64 reference at both SIMD widths), the heuristic's spill fallback in a
 training plan, tuning records of weight gradients applied by TrainPlan, and tune_training
-end to end."""
+end to end. Transposed convs' weight gradients (the adjoint conv's wgrad, roles swapped)
+take the same path: space, records, train_measure's checked trials."""
+import dataclasses
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +28,12 @@ from cnngen.spec import build_graph
 from cnngen.target import resolve
 from cnngen.tuning import workload
 from cnngen.tuning.db import Context, TrialRecord, TuningDB, TuningDBError
+from cnngen.tuning.measure import Job
+from cnngen.tuning.train_measure import run_grad_job
+from cnngen.tuning.tuner import KernelResult, KernelToTune, TuneReport, grad_kernels_to_tune
 
 from .kernel_harness import run_calls
+from . import test_conv_transpose_grad as transposed
 from .test_conv_grad import assert_close, lowered, run_backward
 from .test_cpu_ops import TARGETS
 from .workloads import single
@@ -258,3 +265,118 @@ def test_tune_training_records_each_weight_gradient_and_the_trainer_applies_them
         assert plan.grad_schedule_sources[layer].startswith("tuning database")
         best = sched.from_dict(rows[kernel]["best_schedule"])
         assert best in {s.call.kernel.schedule for s in plan.steps if s.layer == layer}
+
+
+# Transposed convs: the adjoint conv's c_out is the layer's 18 input channels (2 vectors
+# at AVX-512, 3 at AVX2), its c_in the 9 filters.
+TRANSPOSED = single("conv_transpose2d", (18, 3, 4), filters=9, kernel=3, stride=2, padding=1,
+                    output_padding=1)
+TRANSPOSED_DEPTHWISE = single("conv_transpose1d", (6, 7), filters=6, kernel=3, groups=6,
+                              stride=2, padding=1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("spec", [TRANSPOSED, TRANSPOSED_DEPTHWISE],
+                         ids=["conv_transpose2d", "conv_transpose1d_depthwise"])
+def test_every_point_of_a_transposed_conv_wgrad_space_is_legal(spec, target):
+    t = resolve(target)
+    node, g, calls = transposed.lowered(spec, 3, t, data=False)
+    space = GRAD_SPACE[node.op](g)
+    assert space[0] == calls[0].kernel.schedule and len(set(space)) == len(space) > 5
+    for point in space:
+        _, _, calls = transposed.lowered(spec, 3, t, data=False, schedule=point)
+        assert calls[0].kernel.schedule == point
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("spec, k", [(TRANSPOSED, 2), (TRANSPOSED_DEPTHWISE, 1)],
+                         ids=["conv_transpose2d", "conv_transpose1d_depthwise"])
+def test_sampled_transposed_conv_wgrad_space_points_match_the_reference(spec, k, target,
+                                                                        kernel_cache):
+    t = resolve(target)
+    node, g, _ = transposed.lowered(spec, 3, t, data=False)
+    for point in sample(GRAD_SPACE[node.op](g), k):
+        _, _, out, grads = transposed.run_backward(spec, 3, t, kernel_cache, data=False,
+                                                   schedule=point)
+        for param in ("w", "b"):
+            assert_close(out[ParamGrad("y", param)], grads.weights["y"][param],
+                         f"{point} d{param}")
+
+
+# A decoder layer trained on its own: a transposed conv under an MSE loss.
+DECODER = {"cnngen": 1, "name": "decoder", "input": {"shape": [18, 3, 4]},
+           "layers": [{"name": "dec", "op": "conv_transpose2d", "filters": 9, "kernel": 3,
+                       "stride": 2, "padding": 1, "output_padding": 1}],
+           "loss": {"op": "mse"}}
+
+
+def decoder_plan(target, batch=2):
+    graph = build_graph(DECODER)
+    ref = cnngen.ReferenceExecutor(DECODER, seed=1)
+    return TrainPlan(graph, batch, resolve(target), Parameters(graph, ref.weights)), ref
+
+
+def decoder_wgrad_schedule(plan):
+    [schedule] = [s.call.kernel.schedule for s in plan.steps[plan.n_scored:]
+                  if s.layer == "dec" and s.call.kernel.template == "conv2d_wgrad"]
+    return schedule
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_transposed_conv_tuning_record_is_picked_up_by_the_training_plan(target, tmp_path,
+                                                                         kernel_cache):
+    plan, ref = decoder_plan(target)
+    g = plan.grad_lowerings["dec"]
+    heuristic, *others = GRAD_SPACE["conv_transpose2d"](g)
+    tuned = random.Random(1).choice(others)
+    with TuningDB(tmp_path / "tuning.db") as db:
+        db.add_many([record(plan, "dec", tuned)])
+    plan.compile(KernelCache(kernel_cache), tuning_db=tmp_path / "tuning.db")
+    assert decoder_wgrad_schedule(plan) == tuned != heuristic
+    assert plan.grad_schedule_sources["dec"].startswith("tuning database")
+    [kernel] = grad_kernels_to_tune(plan)
+    assert (kernel.layer, kernel.family, kernel.key, kernel.default) == (
+        "dec", "conv_transpose2d_wgrad", workload.grad_workload_key(g.node), tuned)
+    assert json.loads(kernel.workload)["ops"][0]["op"] == "conv_transpose2d"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 18, 3, 4)).astype(np.float32)
+    y = rng.standard_normal((2, 9, 6, 8))
+    plan.run(x, y)
+    _, grads, _ = ref.loss_and_grads(x.astype(np.float64), y)
+    for param in ("w", "b"):
+        assert_close(plan.params.grad_views["dec"][param], grads.weights["dec"][param],
+                     f"d{param}")
+
+
+def test_a_transposed_conv_wgrad_record_never_serves_a_conv_of_the_same_shapes():
+    plan, _ = decoder_plan(TARGETS[-1])
+    node = plan.grad_lowerings["dec"].node
+    assert workload.grad_kernel_family(node) == "conv_transpose2d_wgrad"
+    assert workload.grad_workload_key(node) != workload.workload_key(node)
+
+
+def test_train_measure_checks_and_times_a_transposed_conv_wgrad(kernel_cache):
+    """A worker's trial of a space point: checked against the reference, then timed; a
+    point that does not fit fails to compile, naming the layer's own op."""
+    target = TARGETS[-1]
+    plan, _ = decoder_plan(target)
+    _, *others = GRAD_SPACE["conv_transpose2d"](plan.grad_lowerings["dec"])
+    # batch chunks with their sum kernel, and a tile small enough not to spill
+    point = next(p for p in others if p.chunks == 2 and p.oc_vecs * p.cols <= 6)
+    job = dict(spec=DECODER, batch=2, layer="dec", target=target,
+               cache_dir=str(kernel_cache), repeats=1, min_sample_s=1e-6)
+    trial = run_grad_job(Job(schedule=sched.to_dict(point), **job))
+    assert trial.status == "ok" and trial.seconds > 0, trial.error
+    bad = dataclasses.replace(point, kh_tasks=4)
+    trial = run_grad_job(Job(schedule=sched.to_dict(bad), **job))
+    assert trial.status == "compile_error"
+    assert "layer 'dec' (conv_transpose2d) weight gradient" in trial.error
+
+
+def test_the_tune_report_columns_fit_a_transposed_conv_wgrad_family():
+    results = [KernelResult(KernelToTune(layer, layer, family, "key", "{}", 10**6, [], None),
+                            None, None, None, 0, 0, "done")
+               for layer, family in (("dec", "conv_transpose2d_wgrad"), ("enc", "conv2d_wgrad"))]
+    header, *rows = str(TuneReport(Path("t.db"), 4, "cpu", "random", results, 1.0)).split("\n")[1:]
+    column = header.index("default ms")
+    assert all(row[column - 1] == " " and row[column:column + 10].strip() == "-" for row in rows)

@@ -46,7 +46,9 @@ def batch_of(graph, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def wgrad_steps(plan: TrainPlan, layer: str) -> list:
-    """The plan's steps that compute ``layer``'s weight and bias gradients."""
+    """The plan's steps that the schedule of ``layer``'s weight gradient decides: its
+    wgrad kernel and batch-chunk sum (a transposed conv's bias sum, ``channel_sum``, takes
+    no schedule and is not timed)."""
     return [s for s in plan.steps[plan.n_scored:]
             if s.layer == layer and "wgrad" in s.call.kernel.template]
 

@@ -95,16 +95,18 @@ class TuneReport:
     seconds: float
 
     def __str__(self) -> str:
+        # wide enough for the longest family ("conv_transpose2d_wgrad")
+        family = max([12, *(len(r.kernel.family) for r in self.results)])
         lines = [f"tuned {len(self.results)} kernels at batch {self.batch} on {self.target} "
                  f"({self.strategy}, {self.seconds:.0f} s); records in {self.db}",
-                 f"{'layer':<28} {'kernel':<12} {'default ms':>10} {'tuned ms':>9} "
+                 f"{'layer':<28} {'kernel':<{family}} {'default ms':>10} {'tuned ms':>9} "
                  f"{'speedup':>7} {'GFLOP/s':>7} {'trials':>9}  schedule"]
         for r in self.results:
             ms = lambda m: f"{m.seconds * 1e3:.3f}" if m else "-"     # noqa: E731
             best = r.best_measurement
             gflops = f"{r.kernel.flops / best.seconds / 1e9:.0f}" if best else "-"
             speedup = f"{r.speedup:.2f}x" if r.speedup else "-"
-            lines.append(f"{r.kernel.layer:<28} {r.kernel.family:<12} {ms(r.default):>10} "
+            lines.append(f"{r.kernel.layer:<28} {r.kernel.family:<{family}} {ms(r.default):>10} "
                          f"{ms(best):>9} {speedup:>7} {gflops:>7} "
                          f"{r.new_trials:>4}+{r.known_trials:<4}  {r.best or '-'}")
         return "\n".join(lines)
@@ -338,9 +340,10 @@ def tune_training(spec, batch: int = 32, trials: int = 64, time_budget_s: float 
     """Tune the weight-gradient kernel of every distinct conv, transposed conv and dense
     layer of ``spec``'s training step at ``batch``; the records go to ``db`` (default:
     ``tuning.db`` beside the kernel cache), keyed by the gradient's workload
-    (``describe_grad``), where ``TrainPlan.compile`` (so ``cnngen.Trainer``) finds them. The arguments are ``tune``'s;
-    ``layers`` names layers of the training graph. Each candidate is checked against the
-    reference gradients before it is timed (train_measure.py)."""
+    (``describe_grad``), where ``TrainPlan.compile`` (so ``cnngen.Trainer``) finds them.
+    The arguments are ``tune``'s; ``layers`` names layers of the training graph. Each
+    candidate is checked against the reference gradients before it is timed
+    (train_measure.py)."""
     _check(strategy, trials, time_budget_s, workers, batch)
     started = time.monotonic()
     spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec
