@@ -209,6 +209,24 @@ def test_an_mlp_learns_the_digits(kernel_cache):
     assert not np.allclose(trainer.net.weights["bn"]["running_var"], 1.0)
 
 
+@pytest.mark.parametrize("batch_size", [1, 48])
+def test_point_based_and_full_batch_training_fit_a_line(batch_size, kernel_cache):
+    # y = 2x - 1 from 48 points: one sample per step, or the whole set per step
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (64, 1)).astype(np.float32)
+    data = {"x_train": x[:48], "y_train": 2 * x[:48] - 1, "x_test": x[48:],
+            "y_test": 2 * x[48:] - 1}
+    spec = net("line", (1,), [{"name": "out", "op": "dense", "units": 1}], loss="mse")
+    trainer = cnngen.Trainer(spec, optimizer="sgd", lr=0.05 if batch_size == 1 else 0.5,
+                             batch_size=batch_size, cache_dir=kernel_cache)
+    history = trainer.fit(data, epochs=6 if batch_size == 1 else 60, progress=False)
+    assert trainer.step_count == (6 * 48 if batch_size == 1 else 60)
+    assert history[-1]["val_loss"] < 1e-4
+    w = trainer.net.weights["out"]
+    assert w["w"].ravel()[0] == pytest.approx(2.0, abs=1e-2)
+    assert w["b"][0] == pytest.approx(-1.0, abs=1e-2)
+
+
 def test_a_resumed_run_ends_with_the_same_weights_bit_for_bit(kernel_cache, tmp_path):
     def trainer():
         return cnngen.Trainer(MLP, optimizer="adam", lr=1e-2, batch_size=32, seed=3,
