@@ -97,9 +97,8 @@ def lower_batchnorm_train(low: Lowering) -> list[Call]:
                  bytes=8 * pixels, blocks=x.blocks, height=x.height, width=x.width,
                  **x.strides("x"))
     finalize = spec("batchnorm_finalize_train", ("batchnorm", "finalize"), f"nchw{v}c",
-                    bytes=4 * 2 * n * x.blocks * v, blocks=x.blocks, channels=c,
-                    height=x.height, width=x.width, groups=1, rows=x.height,
-                    eps=float(bn.attrs["eps"]))
+                    bytes=4 * 2 * n * x.blocks * v, blocks=x.blocks, height=x.height,
+                    width=x.width, groups=1, rows=x.height, eps=float(bn.attrs["eps"]))
     calls = [
         Call(name, stats, (low.inputs[0], temps["partials"])),
         Call(name, finalize, (temps["partials"], Const(bn.name, "gamma_beta", gamma_beta(c, v)),
