@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--rows lenet5_b64,mnist1d_b100,resnet18_64_b16]
                                     [--rounds 7] [--steps 10] [--target cpu-avx2] [--json out.json]
+                                    [--torch-isa native|avx2]
 
 A step is forward, loss, backward and the optimizer's update (Adam) on one mini-batch of
 random data, with the same spec and initial weights on both sides. cnngen runs
@@ -11,6 +12,10 @@ process (its OpenMP pool and Numba's would fight in one), 2 threads, default OMP
 policy. Each round times ``--steps`` steps on each side, alternating; the table gives the
 median ms per step over the rounds, the interquartile range, and cnngen/torch (< 1 means
 cnngen takes less time).
+
+On an AVX-512 machine, ``--target cpu-avx2`` stands in for an AVX2-only CPU; PyTorch is then
+held to AVX2 as well (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2`` in its
+worker), so both sides use the same instructions. ``--torch-isa native`` lets it use all.
 """
 from __future__ import annotations
 
@@ -118,19 +123,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--json", default=None)
     p.add_argument("--target", default="cpu", help="cnngen's target: cpu (the host), cpu-avx2")
+    p.add_argument("--torch-isa", choices=("native", "avx2"), default=None,
+                   help="PyTorch's instruction set (default: avx2 with --target cpu-avx2)")
     p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.torch_worker:
         return torch_worker()
     rows = {r.name: r for r in ROWS}
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    torch_isa = args.torch_isa or ("avx2" if args.target == "cpu-avx2" else "native")
+    if torch_isa == "avx2":
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     worker = subprocess.Popen([sys.executable, __file__, "--torch-worker"], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     m = machine()
     import cnngen
     print(f"machine: {m['cpu']}, {m['cores']} cores, best SIMD {m['simd']}; cnngen target "
-          f"{cnngen.target.resolve(args.target)}; torch in its own process, {THREADS} threads, "
-          f"default OMP wait policy; Adam; ms per step")
+          f"{cnngen.target.resolve(args.target)}; torch ({torch_isa} ISA) in its own process, "
+          f"{THREADS} threads, default OMP wait policy; Adam; ms per step")
     print(f"{'row':<18} {'cnngen ms [IQR]':<24} {'torch ms [IQR]':<24} cnngen/torch")
     results = []
     try:
@@ -144,7 +154,8 @@ def main() -> None:
         send(worker.stdin, ("quit",))
         worker.wait()
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": m, "rows": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": m, "target": args.target,
+                                               "torch_isa": torch_isa, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":
