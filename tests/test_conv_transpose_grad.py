@@ -22,7 +22,7 @@ from cnngen.target import resolve
 
 from .kernel_harness import run_calls
 from .test_cpu_ops import TARGETS
-from .test_training import conv, net, run_both
+from .test_training import assert_loss_and_gradients_match, conv, net, run_both
 from .workloads import single
 
 # (id, spec, batch): odd channel counts and sizes, every attribute.
@@ -213,18 +213,9 @@ AUTOENCODERS = {
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", AUTOENCODERS)
 def test_autoencoder_loss_and_every_gradient_match_the_reference(name, target, kernel_cache):
-    graph, ref, params, plan, expected, grads = run_both(AUTOENCODERS[name], 3, target,
-                                                         kernel_cache)
-    l2 = graph.loss.l2
-    decay = 0.5 * l2 * sum(float(np.sum(w * w)) for w in ref.decayed())
-    assert plan.loss() == pytest.approx(expected - decay, rel=1e-5, abs=1e-6)
-    assert any(n.op.startswith("conv_transpose") for n in graph.nodes)
-    for layer, ps in params.grad_views.items():
-        for p, got in ps.items():
-            want = grads.weights[layer][p] - (l2 * ref.weights[layer][p] if p == "w" else 0)
-            scale = max(1e-3, float(np.abs(want).max()))
-            np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4,
-                                       atol=5e-5 * scale, err_msg=f"{name}: {layer}/{p}")
+    result = run_both(AUTOENCODERS[name], 3, target, kernel_cache)
+    assert any(n.op.startswith("conv_transpose") for n in result[0].nodes)
+    assert_loss_and_gradients_match(name, *result)
 
 
 def test_an_autoencoder_trains(kernel_cache):

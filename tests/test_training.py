@@ -110,7 +110,12 @@ def l2_term(ref):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", NETS)
 def test_loss_and_every_gradient_match_the_reference(name, target, kernel_cache):
-    graph, ref, params, plan, expected, grads = run_both(NETS[name], 3, target, kernel_cache)
+    assert_loss_and_gradients_match(name, *run_both(NETS[name], 3, target, kernel_cache))
+
+
+def assert_loss_and_gradients_match(name, graph, ref, params, plan, expected, grads):
+    """The plan's loss (without L2) and every parameter gradient (with it) against the
+    reference's."""
     assert plan.loss() == pytest.approx(expected - l2_term(ref), rel=1e-5, abs=1e-6)
     l2 = graph.loss.l2
     for layer, ps in params.grad_views.items():

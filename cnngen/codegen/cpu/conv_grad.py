@@ -342,14 +342,20 @@ def data_grad(g: GradLowering) -> list[Call]:
     return lower_conv_transpose(low, output=g.grad_input(0), tag="dx")
 
 
+def check_unfused(node: Node) -> None:
+    """A conv's backward takes the layer alone: the plan applies a fused activation's
+    derivative first (``training.backward_calls``) and never fuses more into a conv."""
+    if node.fused or node.attrs["activation"] != "identity":
+        raise AssertionError(
+            f"layer {node.name!r} ({node.op}): the backward expects an unfused layer with "
+            f"activation 'identity' (the training graph applies activations apart); received "
+            f"activation {node.attrs['activation']!r}, fused {[n.name for n in node.fused]}")
+
+
 def lower_conv_backward(g: GradLowering) -> list[Call]:
     """The calls that turn dL/d(conv output) into dL/dx (when asked) and dL/dw, dL/db."""
     node = g.node
-    if node.fused or node.attrs["activation"] != "identity":
-        raise AssertionError(
-            f"layer {node.name!r} ({node.op}): the conv backward expects an unfused conv with "
-            f"activation 'identity' (the training graph keeps activations apart); received "
-            f"activation {node.attrs['activation']!r}, fused {[n.name for n in node.fused]}")
+    check_unfused(node)
     calls = data_grad(g) if g.d_ins[0] is not None else []
     if g.weight_grads:
         calls += weight_grad(g)

@@ -115,12 +115,7 @@ def grad_space(g: GradLowering) -> list[Schedule]:
 def lower_conv_transpose_backward(g: GradLowering) -> list[Call]:
     """The calls that turn dL/d(transposed conv output) into dL/dx (when asked) and dL/dw,
     dL/db."""
-    node = g.node
-    if node.fused or node.attrs["activation"] != "identity":
-        raise AssertionError(
-            f"layer {node.name!r} ({node.op}): the backward expects an unfused layer with "
-            f"activation 'identity' (the training graph applies activations apart); received "
-            f"activation {node.attrs['activation']!r}, fused {[n.name for n in node.fused]}")
+    conv_grad.check_unfused(g.node)
     check_halo(g)
     calls = data_grad(g) if g.d_ins[0] is not None else []
     if g.weight_grads:
