@@ -18,10 +18,11 @@ gradient optimizers minimise the same function.
 
 Where the net allows it (``passes.population``), the whole population is evaluated by one
 forward of a population net, compiled once, whose weights are refilled each generation:
-every layer computes all candidates side by side on the same batch, in inference mode
-(dropout off, batch norm on its running statistics). Other nets, and populations whose
-net would pass POPULATION_BYTES, are evaluated one candidate at a time on the training
-plan's forward (training mode: dropout masks and batch statistics).
+every layer computes all candidates side by side on the same batch. That net runs the
+inference plan, so nets with batch norm or dropout (whose training mode differs:
+``TRAINING_MODE``), other nets the rewrite cannot express, and populations whose net would
+pass POPULATION_BYTES are evaluated one candidate at a time on the training plan's
+forward.
 """
 from __future__ import annotations
 
